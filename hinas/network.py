@@ -1,0 +1,73 @@
+"""The network derived from a genotype, laid out as the authors' final networks (HINAS.md).
+
+stem -> L layers (two 1x1 scalers, then the layer's fixed cell at its width)
+-> decoder (last cell + an earlier endpoint feature) -> residual reconstruction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .genotype import CellGenotype, Genotype
+from .layers import STEM_CHANNELS, Decoder, Stem, scaler
+from .ops import build_op
+
+
+class Cell(nn.Module):
+    """A fixed cell: each node sums its chosen operations; the output concatenates all nodes."""
+
+    def __init__(self, genotype: CellGenotype, channels: int) -> None:
+        super().__init__()
+        self.inputs = [[state for _, state in node] for node in genotype]
+        self.nodes = nn.ModuleList(nn.ModuleList(build_op(op, channels, affine=True) for op, _ in node) for node in genotype)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        states = [s1, s0]
+        for ops, inputs in zip(self.nodes, self.inputs):
+            states.append(sum(op(states[j]) for op, j in zip(ops, inputs)))
+        return torch.cat(states[2:], dim=1)
+
+
+class Layer(nn.Module):
+    def __init__(self, in0: int, in1: int, genotype: CellGenotype, channels: int) -> None:
+        super().__init__()
+        self.scale0 = scaler(in0, channels)
+        self.scale1 = scaler(in1, channels)
+        self.cell = Cell(genotype, channels)
+
+    def forward(self, h0: torch.Tensor, h1: torch.Tensor) -> torch.Tensor:
+        return self.cell(self.scale0(h0), self.scale1(h1))
+
+
+class Network(nn.Module):
+    """Derived HiNAS network. ``filters`` overrides the search's filter multiplier (retraining uses more)."""
+
+    def __init__(self, genotype: Genotype, filters: int | None = None) -> None:
+        super().__init__()
+        space = genotype.space
+        self.genotype = genotype
+        self.filters = f = filters or space.filters
+        b = space.nodes
+        self.stem = Stem(space.in_channels)
+        # Always built (the authors' nets count its weights); feeds the decoder only without a better endpoint.
+        self.reduce = nn.Sequential(nn.Conv2d(STEM_CHANNELS, f * b, 3, padding=1, bias=False), nn.BatchNorm2d(f * b, affine=False))
+        widths = [STEM_CHANNELS, STEM_CHANNELS]  # output widths of h1, h0 so far
+        self.layers = nn.ModuleList()
+        for cell, level in zip(genotype.cells, genotype.path):
+            c = space.channels(level, f)
+            self.layers.append(Layer(widths[-1], widths[-2], cell, c))
+            widths.append(b * c)
+        at_zero = [i for i, level in enumerate(genotype.path) if level == 0]
+        last = len(genotype.path) - 1
+        self.endpoint_layer = at_zero[-1] if at_zero and at_zero[-1] != last else None
+        self.decoder = Decoder([widths[-1]], f * b, space.in_channels, space.task, space.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h1, h0 = self.stem(x)
+        endpoint = None if self.endpoint_layer is not None else self.reduce(h0)
+        for i, layer in enumerate(self.layers):
+            h1, h0 = h0, layer(h0, h1)
+            if i == self.endpoint_layer:
+                endpoint = h0
+        return self.decoder(x, [h0], endpoint)

@@ -1,0 +1,114 @@
+"""Candidate operations of a HiNAS cell, kept in a registry users can extend.
+
+Every operation maps ``C`` channels to ``C`` channels at stride 1 (HiNAS never
+down-samples). Parametric operations are pre-activation: LeakyReLU(0.2), conv,
+BatchNorm. BatchNorm is ``affine=False`` while searching, so that the mixing
+weights alone scale an operation, and affine in the derived network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+NEGATIVE_SLOPE = 0.2
+
+OpFactory = Callable[[int, bool], nn.Module]
+"""Builds an operation from ``(channels, affine)``."""
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    build: OpFactory
+    is_zero: bool = False
+    """The zero op is never computed and never chosen when deriving a genotype."""
+
+
+_REGISTRY: dict[str, OpDef] = {}
+
+
+def act() -> nn.Module:
+    return nn.LeakyReLU(NEGATIVE_SLOPE)
+
+
+def act_conv_bn(c_in: int, c_out: int, kernel: int, *, dilation: int = 1, affine: bool = True) -> nn.Sequential:
+    """Pre-activation convolution: LeakyReLU, conv (same padding, no bias), BatchNorm."""
+    pad = dilation * (kernel - 1) // 2
+    return nn.Sequential(
+        act(),
+        nn.Conv2d(c_in, c_out, kernel, padding=pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out, affine=affine),
+    )
+
+
+def sep_conv(c: int, kernel: int, *, affine: bool = True) -> nn.Sequential:
+    """Separable convolution applied twice, as in DARTS: (act, depthwise, pointwise, BN) x 2."""
+    pad = (kernel - 1) // 2
+    layers: list[nn.Module] = []
+    for _ in range(2):
+        layers += [
+            act(),
+            nn.Conv2d(c, c, kernel, padding=pad, groups=c, bias=False),
+            nn.Conv2d(c, c, 1, bias=False),
+            nn.BatchNorm2d(c, affine=affine),
+        ]
+    return nn.Sequential(*layers)
+
+
+class Zero(nn.Module):
+    """The 'no connection' op; present so that a derived cell could be built with it for tests."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def register_op(name: str, build: OpFactory, *, is_zero: bool = False, overwrite: bool = False) -> OpDef:
+    """Add an operation to the registry so search spaces and genotypes can name it.
+
+    ``build(channels, affine)`` must return a module that keeps both the channel
+    count and the spatial size of its input.
+    """
+    if not name or not isinstance(name, str):
+        raise ConfigError(f"operation name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ConfigError(f"operation {name!r} is already registered; pass overwrite=True to replace it")
+    op = OpDef(name, build, is_zero)
+    _REGISTRY[name] = op
+    return op
+
+
+def unregister_op(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def op_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get_op(name: str) -> OpDef:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown operation {name!r}; registered operations: {', '.join(_REGISTRY)}") from None
+
+
+def build_op(name: str, channels: int, *, affine: bool) -> nn.Module:
+    return get_op(name).build(channels, affine)
+
+
+register_op("conv_3x3", lambda c, affine: act_conv_bn(c, c, 3, affine=affine))
+register_op("sep_conv_3x3", lambda c, affine: sep_conv(c, 3, affine=affine))
+register_op("sep_conv_5x5", lambda c, affine: sep_conv(c, 5, affine=affine))
+register_op("dil_conv_3x3", lambda c, affine: act_conv_bn(c, c, 3, dilation=2, affine=affine))
+register_op("dil_conv_5x5", lambda c, affine: act_conv_bn(c, c, 5, dilation=2, affine=affine))
+register_op("identity", lambda c, affine: nn.Identity())
+register_op("zero", lambda c, affine: Zero(), is_zero=True)
+
+HINAS_OPS: tuple[str, ...] = op_names()
+"""The seven operations of the paper, in a fixed order (alpha columns follow it)."""

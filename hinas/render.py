@@ -1,0 +1,155 @@
+"""Pictures of a search: cells and the width path (Graphviz), alpha and beta heatmaps (matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import graphviz
+import torch
+
+from .errors import RenderError
+from .genotype import CellGenotype, Genotype
+from .space import MOVES, SearchSpace
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+INSTALL_DOT = (
+    "Graphviz's `dot` program was not found on PATH; install it "
+    "(Debian/Ubuntu: apt-get install graphviz; conda: conda install graphviz; macOS: brew install graphviz)"
+)
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def _op_color(space: SearchSpace, op: str) -> str:
+    return _PALETTE[space.ops.index(op) % len(_PALETTE)] if op in space.ops else "black"
+
+
+def state_name(state: int) -> str:
+    return {0: "s1 (l-2)", 1: "s0 (l-1)"}.get(state, f"node {state - 2}")
+
+
+def _cell_into(g: graphviz.Digraph, space: SearchSpace, cell: CellGenotype, prefix: str) -> None:
+    g.attr(rankdir="LR")
+    for s in (0, 1):
+        g.node(f"{prefix}s{s}", state_name(s), shape="box", style="rounded,filled", fillcolor="#dbe9f6")
+    for n, node in enumerate(cell):
+        g.node(f"{prefix}s{n + 2}", str(n), shape="circle", style="filled", fillcolor="#fdf1c7")
+        for op, state in node:
+            g.edge(f"{prefix}s{state}", f"{prefix}s{n + 2}", label=op, color=_op_color(space, op), fontcolor=_op_color(space, op))
+    g.node(f"{prefix}out", "concat", shape="box", style="rounded,filled", fillcolor="#d9f2d9")
+    for n in range(len(cell)):
+        g.edge(f"{prefix}s{n + 2}", f"{prefix}out", style="dashed", color="gray50")
+
+
+def cell_graph(space: SearchSpace, cell: CellGenotype, title: str = "cell") -> graphviz.Digraph:
+    g = graphviz.Digraph(name=title, graph_attr={"label": title, "labelloc": "t", "fontsize": "16"})
+    _cell_into(g, space, cell, "")
+    return g
+
+
+def path_graph(genotype: Genotype) -> graphviz.Digraph:
+    """The trellis of (layer, level) cells with the chosen width path drawn bold."""
+    space = genotype.space
+    g = graphviz.Digraph(name="width path", graph_attr={"rankdir": "LR", "label": "width path", "labelloc": "t", "nodesep": "0.3"})
+    chosen = set(enumerate(genotype.path, start=1)) | {(0, 0)}
+    for layer in range(space.layers + 1):
+        with g.subgraph(name=f"rank{layer}", graph_attr={"rank": "same"}) as rank:
+            for k in space.layer_levels(layer):
+                label = "stem" if layer == 0 else f"L{layer}\\nx{space.widths[k]:g}"
+                on = (layer, k) in chosen
+                rank.node(f"c{layer}_{k}", label, shape="box", style="filled" if on else "dashed",
+                          fillcolor="#fdd49e" if on else "white", group=f"level{k}")
+    prev = 0
+    for layer in range(space.layers):
+        for j in space.layer_levels(layer):
+            for move in MOVES:
+                k = j + move
+                if k in space.layer_levels(layer + 1):
+                    on = j == prev and k == genotype.path[layer]
+                    g.edge(f"c{layer}_{j}", f"c{layer + 1}_{k}", penwidth="3" if on else "0.5", color="#d94801" if on else "gray70")
+        prev = genotype.path[layer]
+    return g
+
+
+def genotype_graph(genotype: Genotype) -> graphviz.Digraph:
+    """One picture: the width path, then each layer's cell in its own box."""
+    g = graphviz.Digraph(name="genotype", graph_attr={"rankdir": "LR"})
+    # dot stacks disconnected clusters bottom-up, so the last layer goes in first.
+    for layer in range(len(genotype.cells), 0, -1):
+        title = f"layer {layer} (x{genotype.space.widths[genotype.path[layer - 1]]:g})"
+        with g.subgraph(name=f"cluster_l{layer}", graph_attr={"label": title, "style": "rounded"}) as sub:
+            _cell_into(sub, genotype.space, genotype.cells[layer - 1], f"l{layer}_")
+    with g.subgraph(name="cluster_path", graph_attr={"label": "width path", "style": "rounded"}) as sub:
+        sub.body += path_graph(genotype).body
+    return g
+
+
+def render(graph: graphviz.Digraph, out: str | Path, formats: tuple[str, ...] = ("svg", "png")) -> list[Path]:
+    """Write ``out.<fmt>`` for each format; a missing ``dot`` raises RenderError with the install line."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        try:
+            data = graph.pipe(format=fmt)
+        except graphviz.ExecutableNotFound:
+            raise RenderError(INSTALL_DOT) from None
+        target = out.with_name(f"{out.name}.{fmt}")
+        target.write_bytes(data)
+        written.append(target)
+    return written
+
+
+def draw_genotype(genotype: Genotype, out: str | Path, formats: tuple[str, ...] = ("svg", "png")) -> list[Path]:
+    return render(genotype_graph(genotype), out, formats)
+
+
+# --- heatmaps ------------------------------------------------------------------------------------
+
+
+def edge_labels(space: SearchSpace) -> list[str]:
+    return [f"{n}<-{state_name(s)}" for n, s in space.edges]
+
+
+def plot_alphas(space: SearchSpace, alpha_probs: torch.Tensor) -> "Figure":
+    """One heatmap per alpha (per layer under LWAS): rows are edges, columns operations."""
+    import matplotlib.pyplot as plt
+
+    probs = alpha_probs.detach().float().cpu()
+    flat = probs.reshape(-1, *probs.shape[2:])
+    la, ka = probs.shape[:2]
+    titles = [f"layer {l + 1}" + (f", level {k}" if ka > 1 else "") if la > 1 else "all layers (tied)" for l in range(la) for k in range(ka)]
+    fig, axes = plt.subplots(1, len(flat), figsize=(2.2 + 1.6 * len(flat) * len(space.ops) / 4, 0.32 * space.num_edges + 1.8),
+                             squeeze=False, sharey=True)
+    for ax, mat, title in zip(axes[0], flat, titles):
+        im = ax.imshow(mat.numpy(), cmap="viridis", vmin=0, vmax=float(flat.max()), aspect="auto")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(space.ops)), space.ops, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(space.num_edges), edge_labels(space), fontsize=7)
+    fig.colorbar(im, ax=axes[0].tolist(), label="softmax(alpha)")
+    return fig
+
+
+def plot_betas(space: SearchSpace, beta_probs: torch.Tensor, path: tuple[int, ...] | None = None) -> "Figure":
+    """Transition probabilities per source layer: rows are source levels, columns moves; illegal moves blank."""
+    import matplotlib.pyplot as plt
+
+    probs = beta_probs.detach().float().cpu().clone()
+    fig, axes = plt.subplots(1, space.layers, figsize=(2.4 * space.layers + 1, 2.6), squeeze=False)
+    for layer, ax in enumerate(axes[0]):
+        mat = probs[layer].numpy().copy()
+        for j in range(space.levels):
+            for m, move in enumerate(MOVES):
+                if j not in space.layer_levels(layer) or not 0 <= j + move < space.levels:
+                    mat[j, m] = float("nan")
+        im = ax.imshow(mat, cmap="magma", vmin=0, vmax=1)
+        ax.set_title("stem" if layer == 0 else f"from layer {layer}", fontsize=9)
+        ax.set_xticks(range(len(MOVES)), ["narrower", "same", "wider"], fontsize=7)
+        ax.set_yticks(range(space.levels), [f"x{w:g}" for w in space.widths], fontsize=7)
+        if path is not None:
+            src = 0 if layer == 0 else path[layer - 1]
+            ax.add_patch(plt.Rectangle((MOVES.index(path[layer] - src) - 0.5, src - 0.5), 1, 1, fill=False, ec="cyan", lw=2))
+    fig.colorbar(im, ax=axes[0].tolist(), label="softmax(beta)")
+    return fig

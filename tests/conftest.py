@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+from hinas.genotype import Genotype
+from hinas.space import SearchSpace
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def uniform_genotype(space: SearchSpace, op: str, path) -> Genotype:
+    """Every node reads (s1, s0) through ``op``: the cells the authors' parameter counts were taken with."""
+    cell = tuple(((op, 0), (op, 1)) for _ in range(space.nodes))
+    return Genotype(space, tuple(path), (cell,) * space.layers)
+
+
+def small_space(**changes) -> SearchSpace:
+    """A narrow copy of the paper's denoising space, fast enough for gradient tests on CPU."""
+    base = dict(task="denoise", in_channels=1, layers=3, nodes=3, filters=4)
+    base.update(changes)
+    return SearchSpace(**base)
