@@ -17,3 +17,7 @@ class GenotypeError(HinasError, ValueError):
 
 class RenderError(HinasError, RuntimeError):
     """Drawing failed, usually because Graphviz's `dot` is missing."""
+
+
+class DataError(HinasError, ValueError):
+    """An image or data set is missing, unreadable, too small or incomplete."""

@@ -20,6 +20,7 @@ import torch
 
 from .errors import ConfigError, GenotypeError
 from .ops import get_op
+from .runtime import atomic_write_bytes
 from .space import MOVES, SearchSpace
 
 SCHEMA = "hinas.genotype"
@@ -67,9 +68,7 @@ class Genotype:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json() + "\n")
-        tmp.replace(path)
+        atomic_write_bytes(path, (self.to_json() + "\n").encode())
         return path
 
     @classmethod

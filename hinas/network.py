@@ -6,9 +6,13 @@ stem -> L layers (two 1x1 scalers, then the layer's fixed cell at its width)
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
+from .errors import GenotypeError
 from .genotype import CellGenotype, Genotype
 from .layers import STEM_CHANNELS, Decoder, Stem, scaler
 from .ops import build_op
@@ -71,3 +75,30 @@ class Network(nn.Module):
             if i == self.endpoint_layer:
                 endpoint = h0
         return self.decoder(x, [h0], endpoint)
+
+
+def save_model(model: Network, path: str | Path, **extra: Any) -> Path:
+    """A self-describing checkpoint (genotype + width + weights) that loads without executing code."""
+    from .runtime import atomic_torch_save
+
+    path = Path(path)
+    state = {"format": "hinas.network", "genotype": model.genotype.to_dict(), "filters": model.filters,
+             "state_dict": model.state_dict(), **extra}
+    atomic_torch_save(state, path)
+    return path
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Network:
+    """Rebuild a saved network; ``torch.load(weights_only=True)`` refuses pickled code."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or hostile files
+        raise GenotypeError(f"{path}: not a loadable hinas checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != "hinas.network":
+        raise GenotypeError(f"{path}: not a hinas network checkpoint (no 'format': 'hinas.network')")
+    model = Network(Genotype.from_dict(state["genotype"]), filters=state["filters"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        raise GenotypeError(f"{path}: weights do not fit the genotype it names ({str(err).splitlines()[0]})") from None
+    return model

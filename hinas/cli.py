@@ -1,0 +1,119 @@
+"""``hinas search | retrain | evaluate | show``: a thin command line over the Python API.
+
+Settings resolve as defaults <- ``--preset`` <- ``--config FILE`` <- ``--set key=value``
+and are validated in full before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import HinasError
+from .settings import PRESETS, EvalConfig, SearchConfig, TrainConfig, resolve
+
+COMMANDS = {"search": SearchConfig, "retrain": TrainConfig, "evaluate": EvalConfig}
+SHORTCUTS = {"retrain": ("genotype", "genotype file or search run directory"),
+             "evaluate": ("model", "retrain run directory, checkpoint, or a baseline: noisy, bicubic")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hinas", description=__doc__.split("\n")[0], allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{search,retrain,evaluate,show}")
+    for name, cls in COMMANDS.items():
+        p = sub.add_parser(name, help=f"{name} (settings: {cls.__name__})", allow_abbrev=False)
+        p.add_argument("--preset", choices=list(PRESETS[cls]), help="start from a named set of settings")
+        p.add_argument("--config", metavar="FILE", help="YAML file of settings")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one setting, e.g. --set epochs=10 --set space.filters=8 (repeatable)")
+        p.add_argument("--out", metavar="RUN_DIR", default=f"runs/{name}", help="run directory (default: %(default)s)")
+        p.add_argument("--overwrite", action="store_true", help="replace a finished run in RUN_DIR")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name in SHORTCUTS:
+            key, text = SHORTCUTS[name]
+            p.add_argument(f"--{key}", help=f"{text} (same as --set {key}=...)")
+    show = sub.add_parser("show", help="print a genotype and draw it (SVG and PNG)", allow_abbrev=False)
+    show.add_argument("genotype", help="genotype.json or a run directory holding one")
+    show.add_argument("--filters", type=int, help="filter multiplier for the parameter count (default: the genotype's)")
+    show.add_argument("--out", metavar="STEM", help="drawing path without extension (default: next to the genotype)")
+    return parser
+
+
+def describe(genotype, filters: int | None = None) -> str:
+    """A text summary: width path, cells, size of the derived network."""
+    from .complexity import count_flops, count_params
+    from .network import Network
+    from .render import state_name
+
+    space = genotype.space
+    net = Network(genotype, filters)
+    lines = [f"{space.task} network, {space.in_channels} channel(s)" + (f", x{space.scale}" if space.task == "sr" else ""),
+             "width path: " + " -> ".join(["stem"] + [f"x{space.widths[k]:g}" for k in genotype.path])]
+    for layer, cell in enumerate(genotype.cells, start=1):
+        lines.append(f"layer {layer}:")
+        lines += [f"  node {n}: " + " + ".join(f"{op}({state_name(s)})" for op, s in node) for n, node in enumerate(cell)]
+    size = 256 // space.scale
+    lines.append(f"F={net.filters}: {count_params(net) / 1e6:.3f} M parameters, "
+                 f"{count_flops(net, (1, space.in_channels, size, size)) / 1e9:.2f} GFLOP for a {size}x{size} input")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "show":
+            return _show(args)
+        cls = COMMANDS[args.command]
+        overrides = list(args.overrides)
+        if args.command in SHORTCUTS and getattr(args, SHORTCUTS[args.command][0]):
+            key = SHORTCUTS[args.command][0]
+            overrides.append(f"{key}={getattr(args, key)}")
+        cfg = resolve(cls, args.preset, args.config, overrides)
+        progress = not args.quiet
+        if args.command == "search":
+            from .search import search
+
+            result = search(cfg, args.out, overwrite=args.overwrite, progress=progress)
+            print(describe(result.genotype))
+            print(f"genotype: {result.run_dir / 'genotype.json'} (epoch {result.best_epoch}); drawing: {result.run_dir / 'genotype.svg'}")
+        elif args.command == "retrain":
+            from .train import retrain
+
+            m = retrain(cfg, args.out, overwrite=args.overwrite, progress=progress)
+            print(f"best validation PSNR {m['val_psnr']:.2f} dB (input {m['input_psnr']:.2f} dB) at iteration "
+                  f"{m['best_iteration']}; {m['params_m']:.3f} M parameters; model: {Path(args.out) / 'best.pt'}")
+        else:
+            from .evaluate import evaluate_run
+
+            m = evaluate_run(cfg, args.out, overwrite=args.overwrite, progress=progress)
+            for r in m["results"]:
+                level = f"sigma {r['sigma']:g}" if r["task"] == "denoise" else f"x{r['scale']}"
+                print(f"{r['set']:>14} {level:>9}: PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}  "
+                      f"(input {r['input_psnr']:.2f} dB, {r['images']} images)")
+            print(f"metrics: {Path(args.out) / 'metrics.json'}")
+    except HinasError as err:
+        print(f"hinas {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hinas {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .genotype import Genotype
+    from .render import draw_genotype
+
+    path = Path(args.genotype)
+    path = path / "genotype.json" if path.is_dir() else path
+    genotype = Genotype.load(path)
+    print(describe(genotype, args.filters))
+    stem = Path(args.out) if args.out else path.with_suffix("")
+    for drawn in draw_genotype(genotype, stem):
+        print(f"drawing: {drawn}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
