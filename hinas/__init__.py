@@ -5,7 +5,8 @@ from .errors import ConfigError, GenotypeError, HinasError, RenderError
 from .genotype import Genotype, derive
 from .network import Network
 from .ops import HINAS_OPS, register_op
-from .render import draw_genotype, plot_alphas, plot_betas
+from .plots import plot_alphas, plot_betas
+from .render import draw_genotype
 from .space import PRESETS, SearchSpace, preset
 from .supernet import Supernet
 

@@ -48,3 +48,13 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], by_depth: int | 
         for h in hooks:
             h.remove()
     return dict(totals) if by_depth else totals["total"]
+
+
+def layer_table(model: nn.Module, input_shape: tuple[int, ...], depth: int = 2) -> list[dict[str, float | str]]:
+    """Parameters and GFLOP per part of a model (module names cut to ``depth`` parts), in forward order."""
+    flops = count_flops(model, input_shape, by_depth=depth)
+    params: dict[str, int] = defaultdict(int)
+    for name, p in model.named_parameters():
+        params[".".join(name.split(".")[:depth])] += p.numel()
+    names = list(dict.fromkeys([*flops, *params]))
+    return [{"part": n, "params": params.get(n, 0), "gflops": flops.get(n, 0) / 1e9} for n in names]

@@ -190,3 +190,28 @@ def evaluate_run(cfg: "EvalConfig", out: str | Path, *, overwrite: bool = False,
     write_json(run / "metrics.json", metrics)
     run.close()
     return metrics
+
+
+def examples(model: nn.Module, images: Images, *, task: str, sigma: float | None = None, scale: int | None = None,
+             limit: int = 3) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(name, degraded, restored, target) for the first ``limit`` images, for side-by-side figures."""
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    rows = []
+    for name, clean in list(images)[:limit]:
+        degraded, target = degrade(name, clean, task, sigma, scale)
+        restored = restore(model, degraded.unsqueeze(0).to(device), scale or 1)[0].float().cpu()
+        rows.append((name, degraded, restored.clamp(0, 1), target))
+    model.train(was_training)
+    return rows
+
+
+def results_markdown(results: list[dict[str, Any]]) -> str:
+    """A Markdown table of summary rows (set, sigma or scale, PSNR/SSIM, input PSNR) as evaluate_run writes them."""
+    lines = ["| set | level | PSNR (dB) | SSIM | input PSNR (dB) | gain (dB) | images |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        level = f"sigma {r['sigma']:g}" if r["task"] == "denoise" else f"x{r['scale']}"
+        lines.append(f"| {r['set']} | {level} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['input_psnr']:.2f} | "
+                     f"{r['psnr'] - r['input_psnr']:+.2f} | {r['images']} |")
+    return "\n".join(lines)

@@ -255,3 +255,18 @@ def derive(space: SearchSpace, alpha_probs: torch.Tensor, beta_probs: torch.Tens
     la, ka = alpha_probs.shape[:2]
     cells = tuple(derive_cell(space, alpha_probs[l if la > 1 else 0, k if ka > 1 else 0]) for l, k in enumerate(path))
     return Genotype(space, path, cells, dict(meta or {}))
+
+
+def compare(a: Genotype, b: Genotype) -> list[str]:
+    """Human-readable differences between two genotypes of the same depth (empty when they agree)."""
+    if a.space.layers != b.space.layers or a.space.nodes != b.space.nodes:
+        return [f"different shapes: {a.space.layers}x{a.space.nodes} vs {b.space.layers}x{b.space.nodes} (layers x nodes)"]
+    out = []
+    if a.path != b.path:
+        out.append(f"width path: {list(a.path)} vs {list(b.path)}")
+    for layer, (ca, cb) in enumerate(zip(a.cells, b.cells), start=1):
+        for n, (na, nb) in enumerate(zip(ca, cb)):
+            if na != nb:
+                fmt = lambda node: " + ".join(f"{op}({s})" for op, s in node)  # noqa: E731
+                out.append(f"layer {layer} node {n}: {fmt(na)} vs {fmt(nb)}")
+    return out

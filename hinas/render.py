@@ -1,19 +1,14 @@
-"""Pictures of a search: cells and the width path (Graphviz), alpha and beta heatmaps (matplotlib)."""
+"""Graphviz drawings of a genotype: each layer's cell and the width path through the trellis."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import graphviz
-import torch
 
 from .errors import RenderError
 from .genotype import CellGenotype, Genotype
 from .space import MOVES, SearchSpace
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 INSTALL_DOT = (
     "Graphviz's `dot` program was not found on PATH; install it "
@@ -104,52 +99,3 @@ def render(graph: graphviz.Digraph, out: str | Path, formats: tuple[str, ...] = 
 
 def draw_genotype(genotype: Genotype, out: str | Path, formats: tuple[str, ...] = ("svg", "png")) -> list[Path]:
     return render(genotype_graph(genotype), out, formats)
-
-
-# --- heatmaps ------------------------------------------------------------------------------------
-
-
-def edge_labels(space: SearchSpace) -> list[str]:
-    return [f"{n}<-{state_name(s)}" for n, s in space.edges]
-
-
-def plot_alphas(space: SearchSpace, alpha_probs: torch.Tensor) -> "Figure":
-    """One heatmap per alpha (per layer under LWAS): rows are edges, columns operations."""
-    import matplotlib.pyplot as plt
-
-    probs = alpha_probs.detach().float().cpu()
-    flat = probs.reshape(-1, *probs.shape[2:])
-    la, ka = probs.shape[:2]
-    titles = [f"layer {l + 1}" + (f", level {k}" if ka > 1 else "") if la > 1 else "all layers (tied)" for l in range(la) for k in range(ka)]
-    fig, axes = plt.subplots(1, len(flat), figsize=(2.2 + 1.6 * len(flat) * len(space.ops) / 4, 0.32 * space.num_edges + 1.8),
-                             squeeze=False, sharey=True)
-    for ax, mat, title in zip(axes[0], flat, titles):
-        im = ax.imshow(mat.numpy(), cmap="viridis", vmin=0, vmax=float(flat.max()), aspect="auto")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks(range(len(space.ops)), space.ops, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(space.num_edges), edge_labels(space), fontsize=7)
-    fig.colorbar(im, ax=axes[0].tolist(), label="softmax(alpha)")
-    return fig
-
-
-def plot_betas(space: SearchSpace, beta_probs: torch.Tensor, path: tuple[int, ...] | None = None) -> "Figure":
-    """Transition probabilities per source layer: rows are source levels, columns moves; illegal moves blank."""
-    import matplotlib.pyplot as plt
-
-    probs = beta_probs.detach().float().cpu().clone()
-    fig, axes = plt.subplots(1, space.layers, figsize=(2.4 * space.layers + 1, 2.6), squeeze=False)
-    for layer, ax in enumerate(axes[0]):
-        mat = probs[layer].numpy().copy()
-        for j in range(space.levels):
-            for m, move in enumerate(MOVES):
-                if j not in space.layer_levels(layer) or not 0 <= j + move < space.levels:
-                    mat[j, m] = float("nan")
-        im = ax.imshow(mat, cmap="magma", vmin=0, vmax=1)
-        ax.set_title("stem" if layer == 0 else f"from layer {layer}", fontsize=9)
-        ax.set_xticks(range(len(MOVES)), ["narrower", "same", "wider"], fontsize=7)
-        ax.set_yticks(range(space.levels), [f"x{w:g}" for w in space.widths], fontsize=7)
-        if path is not None:
-            src = 0 if layer == 0 else path[layer - 1]
-            ax.add_patch(plt.Rectangle((MOVES.index(path[layer] - src) - 0.5, src - 0.5), 1, 1, fill=False, ec="cyan", lw=2))
-    fig.colorbar(im, ax=axes[0].tolist(), label="softmax(beta)")
-    return fig

@@ -25,7 +25,8 @@ from .errors import ConfigError, RenderError
 from .evaluate import evaluate_model
 from .genotype import Genotype
 from .losses import restoration_loss, search_lr
-from .render import draw_genotype, plot_alphas, plot_betas
+from .plots import plot_alphas, plot_betas
+from .render import draw_genotype
 from .runtime import RunDir, amp_dtype, atomic_torch_save, autocast, pick_device, prepare_device, seed_everything, write_json
 from .settings import SearchConfig
 from .supernet import Supernet
@@ -132,7 +133,8 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, progr
         record = {
             "epoch": epoch, "lr": lr, "weight_loss": sum(w_losses) / len(w_losses),
             "arch_loss": sum(a_losses) / len(a_losses) if a_losses else None,
-            "val_psnr": val["psnr"], "val_ssim": val["ssim"], "score": score(val["psnr"], val["ssim"]),
+            "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
+            "score": score(val["psnr"], val["ssim"]),
             **collapse_indicators(model, genotype),
             "path": list(genotype.path), "cells": genotype.to_dict()["cells"],
             "alpha": model.alpha_probs().tolist(), "beta": model.beta_probs().tolist(),

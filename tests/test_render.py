@@ -6,7 +6,7 @@ import torch
 from conftest import uniform_genotype
 from hinas.errors import RenderError
 from hinas.genotype import Genotype
-from hinas.render import draw_genotype, plot_alphas, plot_betas
+from hinas.render import draw_genotype
 from hinas.space import preset
 from hinas.supernet import Supernet
 
@@ -35,11 +35,3 @@ def test_missing_dot_gives_one_line_install_hint(tmp_path, monkeypatch):
     with pytest.raises(RenderError) as err:
         draw_genotype(uniform_genotype(preset("paper-sr"), "conv_3x3", (0, 1)), tmp_path / "g")
     assert "\n" not in str(err.value) and "apt-get install graphviz" in str(err.value)
-
-
-def test_heatmaps_have_one_panel_per_alpha_and_per_source_layer():
-    net = Supernet(preset("paper-denoise"))
-    fig = plot_alphas(net.space, net.alpha_probs())
-    assert len([a for a in fig.axes if a.get_title().startswith("layer")]) == 3
-    fig = plot_betas(net.space, net.beta_probs(), (0, 1, 2))
-    assert [a.get_title() for a in fig.axes[:3]] == ["stem", "from layer 1", "from layer 2"]
