@@ -1,4 +1,4 @@
-"""``hinas search | retrain | evaluate | show``: a thin command line over the Python API.
+"""``hinas demo | search | retrain | evaluate | show``: a thin command line over the Python API.
 
 Settings resolve as defaults <- ``--preset`` <- ``--config FILE`` <- ``--set key=value``
 and are validated in full before any work starts.
@@ -20,7 +20,12 @@ SHORTCUTS = {"retrain": ("genotype", "genotype file or search run directory"),
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hinas", description=__doc__.split("\n")[0], allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{search,retrain,evaluate,show}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,retrain,evaluate,show,prepare,report}")
+    demo = sub.add_parser("demo", help="the main job on the embedded photos: search, draw, retrain, evaluate", allow_abbrev=False)
+    demo.add_argument("--preset", choices=["cpu-demo", "smoke"], default="cpu-demo", help="cpu-demo (~12 min) or smoke (seconds)")
+    demo.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--overwrite", action="store_true", help="replace finished runs in DIR")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     for name, cls in COMMANDS.items():
         p = sub.add_parser(name, help=f"{name} (settings: {cls.__name__})", allow_abbrev=False)
         p.add_argument("--preset", choices=list(PRESETS[cls]), help="start from a named set of settings")
@@ -33,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name in SHORTCUTS:
             key, text = SHORTCUTS[name]
             p.add_argument(f"--{key}", help=f"{text} (same as --set {key}=...)")
+    prep = sub.add_parser("prepare", help="fetch data sources and write a manifest of the sets a pipeline reads", allow_abbrev=False)
+    prep.add_argument("--config", metavar="FILE[:SECTION]", required=True, help="mapping with 'fetch' (sources) and 'sets'")
+    prep.add_argument("--out", metavar="MANIFEST", required=True)
+    rep = sub.add_parser("report", help="gather evaluate_*/*/metrics.json of a pipeline into one table", allow_abbrev=False)
+    rep.add_argument("runs", help="the pipeline's run folder")
+    rep.add_argument("--json", required=True, help="flat metrics file to write")
+    rep.add_argument("--markdown", required=True, help="Markdown table to write")
     show = sub.add_parser("show", help="print a genotype and draw it (SVG and PNG)", allow_abbrev=False)
     show.add_argument("genotype", help="genotype.json or a run directory holding one")
     show.add_argument("--filters", type=int, help="filter multiplier for the parameter count (default: the genotype's)")
@@ -64,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "show":
             return _show(args)
+        if args.command == "demo":
+            return _demo(args)
+        if args.command in ("prepare", "report"):
+            return _pipeline(args)
         cls = COMMANDS[args.command]
         overrides = list(args.overrides)
         if args.command in SHORTCUTS and getattr(args, SHORTCUTS[args.command][0]):
@@ -98,6 +114,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hinas {args.command}: interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from . import pipeline
+    from .settings import load_section
+
+    if args.command == "prepare":
+        section = load_section(args.config)
+        manifest = pipeline.prepare(list(section.get("fetch", [])), list(section.get("sets", [])), section.get("root") or None, args.out)
+        counts = ", ".join(f"{name}: {info['images']} images" for name, info in manifest["sets"].items())
+        print(f"manifest: {args.out} ({counts})")
+    else:
+        flat = pipeline.report(args.runs, args.json, args.markdown)
+        print(f"{len(flat)} metrics: {args.json}; table: {args.markdown}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main_job
+
+    res = main_job(args.out, args.preset, overwrite=args.overwrite, progress=not args.quiet)
+    for r in res["results"]:
+        print(f"{r['set']:>14} sigma {r['sigma']:g}: PSNR {r['psnr']:.2f} dB (noisy input {r['input_psnr']:.2f} dB)")
+    print(f"genotype: {res['genotype']}\ndrawing: {res['drawing']}\nmodel: {res['model']} ({res['params_m']:.3f} M parameters)")
+    print(f"metrics: {res['metrics']}")
     return 0
 
 

@@ -211,22 +211,39 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def load_section(file: str | Path) -> dict[str, Any]:
+    """Settings from ``FILE`` or ``FILE:SECTION`` (a top-level key, as in ``params.yaml:search_denoise``)."""
+    path, sep, section = str(file).rpartition(":") if ":" in str(file) else (str(file), "", "")
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err})") from None
+    if sep:
+        if not isinstance(loaded, dict) or not isinstance(loaded.get(section), dict):
+            sections = ", ".join(k for k, v in loaded.items() if isinstance(v, dict)) if isinstance(loaded, dict) else ""
+            raise ConfigError(f"{path}: no section {section!r}; sections: {sections or 'none'}")
+        loaded = loaded[section]
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{file}: expected a mapping of settings")
+    return dict(loaded)
+
+
 def resolve(cls: type[C], preset: str | None = None, file: str | Path | None = None, overrides: list[str] = ()) -> C:
-    """Defaults <- preset <- YAML file <- ``key=value`` overrides, validated as a whole before any work starts."""
+    """Defaults <- preset <- YAML file <- ``key=value`` overrides, validated as a whole before any work starts.
+
+    ``file`` may name a section (``params.yaml:search_denoise``) and may hold a
+    ``preset`` key, so DVC's ``params.yaml`` feeds the CLI without restating defaults.
+    """
+    loaded = load_section(file) if file else {}
+    preset = preset or loaded.pop("preset", None)
+    loaded.pop("preset", None)
     data: dict[str, Any] = config.to_dict(cls())
     if preset:
         table = PRESETS[cls]
         if preset not in table:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(table)}")
         data = _merge(data, table[preset])
-    if file:
-        try:
-            loaded = yaml.safe_load(Path(file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{file}: cannot read the config file ({err})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{file}: expected a mapping of settings at the top level")
-        data = _merge(data, loaded)
+    data = _merge(data, loaded)
     for item in overrides:
         keys, value = parse_override(item)
         node = data

@@ -128,3 +128,13 @@ def test_cpu_search_is_repeatable_bit_for_bit(tmp_path):
     assert a.genotype == b.genotype
     assert a.history[-1]["alpha"] == b.history[-1]["alpha"] and a.history[-1]["beta"] == b.history[-1]["beta"]
     assert [h["weight_loss"] for h in a.history] == [h["weight_loss"] for h in b.history]
+
+
+def test_demo_main_job_prints_where_its_results_are(tmp_path, capsys):
+    assert main(["demo", "--preset", "smoke", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for line, path in (("genotype:", "search/genotype.json"), ("drawing:", "search/genotype.svg"),
+                       ("model:", "retrain/best.pt"), ("metrics:", "evaluate/metrics.json")):
+        assert f"{line} {tmp_path / 'demo' / path}" in out
+        assert (tmp_path / "demo" / path).exists()
+    assert "embedded-val sigma 25: PSNR" in out
