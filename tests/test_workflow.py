@@ -137,4 +137,4 @@ def test_demo_main_job_prints_where_its_results_are(tmp_path, capsys):
                        ("model:", "retrain/best.pt"), ("metrics:", "evaluate/metrics.json")):
         assert f"{line} {tmp_path / 'demo' / path}" in out
         assert (tmp_path / "demo" / path).exists()
-    assert "embedded-val sigma 25: PSNR" in out
+    assert f"embedded-val sigma {resolve(TrainConfig, 'smoke').sigma:g}: PSNR" in out  # the preset's noise level
