@@ -8,7 +8,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,13 +104,3 @@ class RunDir:
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
-
-
-@contextlib.contextmanager
-def timer() -> Iterator[dict[str, float]]:
-    out: dict[str, float] = {}
-    start = time.perf_counter()
-    try:
-        yield out
-    finally:
-        out["seconds"] = time.perf_counter() - start
