@@ -95,12 +95,27 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
         self._log = open(self.path / "log.jsonl", "a", buffering=1)
+        self._tb = None
+        if getattr(cfg, "tensorboard", False):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+            self._tb = SummaryWriter(str(self.path / "tensorboard"))
 
     def log(self, **record: Any) -> None:
+        """One JSON line; records with an epoch or iteration also go to TensorBoard (when on) as scalars."""
         self._log.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        step = record.get("epoch", record.get("iteration"))
+        if self._tb is not None and step is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "iteration"):
+                    self._tb.add_scalar(f"{record.get('event', 'run')}/{key}", value, step)
 
     def close(self) -> None:
         self._log.close()
+        if self._tb is not None:
+            self._tb.close()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

@@ -62,6 +62,8 @@ class SearchConfig:
     device: Device = "auto"
     amp: Amp = "auto"
     workers: int = 0
+    tensorboard: bool = False
+    """Also write the logged scalars for TensorBoard (needs the tensorboard package)."""
 
     def __post_init__(self) -> None:
         _positive(self, "val_images", "patch", "patches_per_image", "batch", "epochs", "arch_start", "select_from", "lr_cycle")
@@ -102,6 +104,7 @@ class TrainConfig:
     device: Device = "auto"
     amp: Amp = "auto"
     workers: int = 0
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "filters", "patch", "batch", "iterations", "val_every", "val_images")

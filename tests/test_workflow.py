@@ -138,3 +138,16 @@ def test_demo_main_job_prints_where_its_results_are(tmp_path, capsys):
         assert f"{line} {tmp_path / 'demo' / path}" in out
         assert (tmp_path / "demo" / path).exists()
     assert f"embedded-val sigma {resolve(TrainConfig, 'smoke').sigma:g}: PSNR" in out  # the preset's noise level
+
+
+def test_tensorboard_receives_the_logged_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hinas.search import search
+
+    search(resolve(SearchConfig, "smoke", overrides=["tensorboard=true", "epochs=2"]), tmp_path / "s", progress=False)
+    events = EventAccumulator(str(tmp_path / "s" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"epoch/weight_loss", "epoch/val_psnr", "epoch/skip_ops"} <= set(tags)
+    assert [e.step for e in events.Scalars("epoch/val_psnr")] == [1, 2]
