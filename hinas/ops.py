@@ -9,7 +9,7 @@ weights alone scale an operation, and affine in the derived network.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -23,11 +23,27 @@ OpFactory = Callable[[int, bool], nn.Module]
 
 
 @dataclass(frozen=True)
+class Stacking:
+    """The shape of a built-in op, which lets the fused supernet run it for all edges leaving a state at once.
+
+    ``conv``: act, one k x k conv (dilation d), BN; ``sep``: (act, depthwise k x k,
+    pointwise, BN) twice; ``identity``: the input itself. Ops without a stacking
+    (user-registered ones) run edge by edge, as built.
+    """
+
+    kind: Literal["conv", "sep", "identity"]
+    kernel: int = 1
+    dilation: int = 1
+
+
+@dataclass(frozen=True)
 class OpDef:
     name: str
     build: OpFactory
     is_zero: bool = False
     """The zero op is never computed and never chosen when deriving a genotype."""
+    stacking: Stacking | None = None
+    """Set only where ``build`` makes exactly that layout (the fused supernet copies weights by it)."""
 
 
 _REGISTRY: dict[str, OpDef] = {}
@@ -68,7 +84,9 @@ class Zero(nn.Module):
         return torch.zeros_like(x)
 
 
-def register_op(name: str, build: OpFactory, *, is_zero: bool = False, overwrite: bool = False) -> OpDef:
+def register_op(
+    name: str, build: OpFactory, *, is_zero: bool = False, overwrite: bool = False, stacking: Stacking | None = None
+) -> OpDef:
     """Add an operation to the registry so search spaces and genotypes can name it.
 
     ``build(channels, affine)`` must return a module that keeps both the channel
@@ -78,7 +96,7 @@ def register_op(name: str, build: OpFactory, *, is_zero: bool = False, overwrite
         raise ConfigError(f"operation name must be a non-empty string, got {name!r}")
     if name in _REGISTRY and not overwrite:
         raise ConfigError(f"operation {name!r} is already registered; pass overwrite=True to replace it")
-    op = OpDef(name, build, is_zero)
+    op = OpDef(name, build, is_zero, stacking)
     _REGISTRY[name] = op
     return op
 
@@ -102,12 +120,12 @@ def build_op(name: str, channels: int, *, affine: bool) -> nn.Module:
     return get_op(name).build(channels, affine)
 
 
-register_op("conv_3x3", lambda c, affine: act_conv_bn(c, c, 3, affine=affine))
-register_op("sep_conv_3x3", lambda c, affine: sep_conv(c, 3, affine=affine))
-register_op("sep_conv_5x5", lambda c, affine: sep_conv(c, 5, affine=affine))
-register_op("dil_conv_3x3", lambda c, affine: act_conv_bn(c, c, 3, dilation=2, affine=affine))
-register_op("dil_conv_5x5", lambda c, affine: act_conv_bn(c, c, 5, dilation=2, affine=affine))
-register_op("identity", lambda c, affine: nn.Identity())
+register_op("conv_3x3", lambda c, affine: act_conv_bn(c, c, 3, affine=affine), stacking=Stacking("conv", 3))
+register_op("sep_conv_3x3", lambda c, affine: sep_conv(c, 3, affine=affine), stacking=Stacking("sep", 3))
+register_op("sep_conv_5x5", lambda c, affine: sep_conv(c, 5, affine=affine), stacking=Stacking("sep", 5))
+register_op("dil_conv_3x3", lambda c, affine: act_conv_bn(c, c, 3, dilation=2, affine=affine), stacking=Stacking("conv", 3, 2))
+register_op("dil_conv_5x5", lambda c, affine: act_conv_bn(c, c, 5, dilation=2, affine=affine), stacking=Stacking("conv", 5, 2))
+register_op("identity", lambda c, affine: nn.Identity(), stacking=Stacking("identity"))
 register_op("zero", lambda c, affine: Zero(), is_zero=True)
 
 HINAS_OPS: tuple[str, ...] = op_names()

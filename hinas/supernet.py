@@ -15,43 +15,31 @@ Trellis: the stem is layer 0 at level 0; layer l has cells at levels
 Betas are softmaxed per source over its legal moves; impossible moves are
 masked out and receive no gradient. The decoder sums projections of every
 final-width output and ends in the same residual head as the derived network.
+
+Cells come in two implementations of the same mathematics (``impl``): the
+fused cell (``hinas.fused``, the default) and the reference cell
+(``hinas.cells``) it is tested against.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from .cells import ReferenceCell, SearchCell
+from .fused import FusedCell
 from .genotype import Genotype, derive
 from .layers import STEM_CHANNELS, Decoder, Stem, scaler
-from .ops import build_op, get_op
 from .space import MOVES, SearchSpace
 
+CELLS: dict[str, type[SearchCell]] = {"fused": FusedCell, "reference": ReferenceCell}
+"""Cell implementations by name; ``reference`` is the plain one the fused default is tested against."""
 
-class MixedEdge(nn.Module):
-    """sum_o w[o] * op_o(x) over the space's operations; the zero op is never computed."""
-
-    def __init__(self, space: SearchSpace, channels: int) -> None:
-        super().__init__()
-        self.ops = nn.ModuleList(build_op(name, channels, affine=False) for name in space.ops)
-        self.computed = [o for o, name in enumerate(space.ops) if not get_op(name).is_zero]
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return sum(weights[o] * self.ops[o](x) for o in self.computed)
-
-
-class SearchCell(nn.Module):
-    def __init__(self, space: SearchSpace, channels: int) -> None:
-        super().__init__()
-        self.space = space
-        self.edges = nn.ModuleList(MixedEdge(space, channels) for _ in space.edges)
-
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        states = [s1, s0]
-        for node in range(self.space.nodes):
-            e0 = self.space.edge_index(node, 0)
-            states.append(sum(self.edges[e0 + j](h, weights[e0 + j]) for j, h in enumerate(states)))
-        return torch.cat(states[2:], dim=1)
+__all__ = ["CELLS", "ReferenceCell", "SearchCell", "Supernet", "router", "transition_probs"]
 
 
 def transition_probs(beta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,9 +54,18 @@ def router(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class Supernet(nn.Module):
-    def __init__(self, space: SearchSpace) -> None:
+    """The search supernet of ``space``.
+
+    impl: the cell implementation (``CELLS``); both give the same initial
+    weights for a seed and the same mathematics. checkpoint: recompute each
+    cell's activations in the backward pass instead of keeping them (less
+    memory, one more cell forward per step).
+    """
+
+    def __init__(self, space: SearchSpace, impl: str = "fused", checkpoint: bool = False) -> None:
         super().__init__()
-        self.space = space
+        self.space, self.impl, self.checkpoint = space, impl, checkpoint
+        make_cell = CELLS[impl]
         b, f, k_levels = space.nodes, space.filters, space.levels
         self.stem = Stem(space.in_channels)
         self.reduce = nn.Sequential(nn.Conv2d(STEM_CHANNELS, f * b, 3, padding=1, bias=False), nn.BatchNorm2d(f * b, affine=False))
@@ -83,7 +80,7 @@ class Supernet(nn.Module):
             levels = space.layer_levels(layer + 1)
             s1_width = {k: STEM_CHANNELS if layer == 0 else space.channels(min(k, top)) for k in levels}
             self.scalers.append(nn.ModuleDict({str(k): scaler(s1_width[k], space.channels(k)) for k in levels}))
-            self.cells.append(nn.ModuleDict({str(k): SearchCell(space, space.channels(k)) for k in levels}))
+            self.cells.append(nn.ModuleDict({str(k): make_cell(space, space.channels(k)) for k in levels}))
         self.register_buffer("beta_mask", space.move_mask(), persistent=False)
         final = space.layer_levels(space.layers)
         self.decoder = Decoder([self._out_width(space.layers, k) for k in final], f * b, space.in_channels, space.task, space.scale)
@@ -126,7 +123,42 @@ class Supernet(nn.Module):
     def genotype(self, meta: dict | None = None) -> Genotype:
         return derive(self.space, self.alpha_probs(), self.beta_probs(), meta)
 
+    # --- the reference layout ---------------------------------------------------------------
+
+    def _cells(self) -> Iterator[tuple[str, SearchCell]]:
+        for layer, cells in enumerate(self.cells):
+            for level, cell in cells.items():
+                yield f"cells.{layer}.{level}.", cell
+
+    def reference_state(self, tensors: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The state dict, or tensors keyed like it (e.g. gradients), as a ``reference`` supernet names and shapes them."""
+        tensors = self.state_dict() if tensors is None else tensors
+        out = {k: v for k, v in tensors.items() if not k.startswith("cells.")}
+        for prefix, cell in self._cells():
+            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            out.update({prefix + k: v for k, v in cell.reference_state(own).items()})
+        return out
+
+    def load_reference_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load a state dict in the reference layout (what ``reference_state`` returns), whatever ``impl`` is."""
+        self.load_state_dict({k: v for k, v in state.items() if not k.startswith("cells.")}, strict=False)
+        for prefix, cell in self._cells():
+            cell.load_reference_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
     # --- forward -----------------------------------------------------------------------------
+
+    def _cell(self, cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if not (self.checkpoint and torch.is_grad_enabled()):
+            return cell(s0, s1, w)
+        calls = 0
+
+        def run(s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            with _scratch_running_stats(cell) if calls > 1 else contextlib.nullcontext():
+                return cell(s0, s1, w)
+
+        return checkpoint(run, s0, s1, w, use_reentrant=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alphas, betas = self.alpha_probs(), self.beta_probs()
@@ -145,8 +177,22 @@ class Supernet(nn.Module):
                 s1 = self.scalers[layer][str(k)](prev_in[min(k, max(prev_in))])
                 cell, w = self.cells[layer][str(k)], self.cell_weights(alphas, layer, k)
                 if shared:
-                    outs[k] = cell(inputs[k], s1, w)
+                    outs[k] = self._cell(cell, inputs[k], s1, w)
                 else:
-                    outs[k] = sum(p * cell(r, s1, w) for p, r in arrivals[k])
+                    outs[k] = sum(p * self._cell(cell, r, s1, w) for p, r in arrivals[k])
             prev_in = inputs
         return self.decoder(x, [outs[k] for k in sorted(outs)], x0)
+
+
+@contextlib.contextmanager
+def _scratch_running_stats(module: nn.Module) -> Iterator[None]:
+    """Point BatchNorm running statistics at copies while a checkpoint recomputes, so each forward counts once."""
+    kept = [(m, m.running_mean, m.running_var, m.num_batches_tracked)
+            for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m, mean, var, count in kept:
+        m.running_mean, m.running_var, m.num_batches_tracked = mean.clone(), var.clone(), count.clone()
+    try:
+        yield
+    finally:
+        for m, mean, var, count in kept:
+            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count

@@ -1,0 +1,227 @@
+"""The fused search cell: the reference cell's mathematics, with the edges leaving each state run as one wide op.
+
+Every state of a cell (s1, s0, then each node but the last) feeds all later
+nodes through the same candidate operations. For the E edges leaving a state
+the fused cell
+
+- applies the shared pre-activation LeakyReLU once, not once per (edge, op);
+- runs a ``conv`` op as one convolution with the E edges' kernels stacked on
+  the output channels, and a ``sep`` op as one depthwise convolution with
+  channel multiplier E, then block-diagonal pointwise convolutions (dense 1x1
+  kernels with zero blocks, far faster on CPU than grouped ones);
+- normalises a stack with one BatchNorm: search BN is affine-free with
+  per-channel batch statistics, so BN of the stack is the stack of per-edge
+  BNs, and the mixing weight softmax(alpha)[edge, op] enters as BN's scale;
+- never computes the zero op, and runs ops without a ``Stacking`` (e.g.
+  user-registered ones) edge by edge, as built.
+
+Narrow convolutions are what makes a supernet slow: stacking turns the 14 per
+op and cell into B + 1 that are up to B times wider.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import reduce
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cells import ReferenceCell, SearchCell
+from .ops import NEGATIVE_SLOPE, Stacking, get_op
+from .space import SearchSpace
+
+View = Callable[[torch.Tensor], torch.Tensor]
+"""Picks one edge's tensor (a view) out of a stacked one."""
+Links = dict[str, tuple[str, View]]
+"""Fused key -> (reference key, view), relative to one stacked module and one edge."""
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    return reduce(operator.add, terms)
+
+
+class ScaledBatchNorm(nn.BatchNorm2d):
+    """Affine-free BatchNorm whose output is multiplied by a per-channel ``scale`` given at call time, in one kernel."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, affine=False)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean, self.running_var, scale, None, self.training, self.momentum, self.eps)
+
+    def edge_links(self, name: str, ref: str, rows: slice) -> Links:
+        pick: View = lambda t: t[rows]  # noqa: E731
+        return {
+            f"{name}.running_mean": (f"{ref}.running_mean", pick),
+            f"{name}.running_var": (f"{ref}.running_var", pick),
+            f"{name}.num_batches_tracked": (f"{ref}.num_batches_tracked", _whole),
+        }
+
+
+class StackedConv(nn.Module):
+    """A ``conv`` op (act, k x k conv, BN) for E edges: one conv with E*C output channels, edge-major."""
+
+    def __init__(self, channels: int, edges: int, stacking: Stacking) -> None:
+        super().__init__()
+        k, self.dilation = stacking.kernel, stacking.dilation
+        self.padding = self.dilation * (k - 1) // 2
+        self.weight = nn.Parameter(torch.empty(edges * channels, channels, k, k))
+        self.bn = ScaledBatchNorm(edges * channels)
+
+    def forward(self, a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.conv2d(a, self.weight, padding=self.padding, dilation=self.dilation), scale)
+
+    def edge_links(self, slot: int) -> Links:
+        """Keys follow ``ops.act_conv_bn``: Sequential(act, conv, bn)."""
+        c = self.weight.shape[1]
+        rows = slice(slot * c, (slot + 1) * c)
+        return {"weight": ("1.weight", lambda t: t[rows]), **self.bn.edge_links("bn", "2", rows)}
+
+
+class StackedSep(nn.Module):
+    """A ``sep`` op ((act, depthwise k x k, pointwise, BN) twice) for E edges.
+
+    The first depthwise conv reads the shared input once with channel
+    multiplier E, so its outputs come ordered (channel, edge); the first
+    pointwise kernel also reorders them to (edge, channel), the order of
+    everything after it.
+    """
+
+    def __init__(self, channels: int, edges: int, stacking: Stacking) -> None:
+        super().__init__()
+        c, e, k = channels, edges, stacking.kernel
+        self.padding = (k - 1) // 2
+        self.dw1 = nn.Parameter(torch.empty(c * e, 1, k, k))
+        self.pw1 = nn.Parameter(torch.empty(e, c, c))
+        self.bn1 = ScaledBatchNorm(e * c)
+        self.dw2 = nn.Parameter(torch.empty(e * c, 1, k, k))
+        self.pw2 = nn.Parameter(torch.empty(e, c, c))
+        self.bn2 = ScaledBatchNorm(e * c)
+
+    def forward(self, a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        e, c = self.pw1.shape[:2]
+        pw1 = torch.block_diag(*self.pw1).view(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, 1, 1)
+        x = F.conv2d(F.conv2d(a, self.dw1, padding=self.padding, groups=c), pw1)
+        x = F.leaky_relu(self.bn1(x), NEGATIVE_SLOPE, inplace=True)  # in place: BN's backward needs only its input
+        x = F.conv2d(x, self.dw2, padding=self.padding, groups=e * c)
+        return self.bn2(F.conv2d(x, torch.block_diag(*self.pw2)[..., None, None]), scale)
+
+    def edge_links(self, slot: int) -> Links:
+        """Keys follow ``ops.sep_conv``: Sequential(act, dw, pw, bn, act, dw, pw, bn)."""
+        e, c = self.pw1.shape[:2]
+        rows = slice(slot * c, (slot + 1) * c)
+        k = self.dw1.shape[-1]
+        return {
+            "dw1": ("1.weight", lambda t: t.view(c, e, 1, k, k)[:, slot]),
+            "pw1": ("2.weight", lambda t: t[slot, :, :, None, None]),
+            **self.bn1.edge_links("bn1", "3", rows),
+            "dw2": ("5.weight", lambda t: t[rows]),
+            "pw2": ("6.weight", lambda t: t[slot, :, :, None, None]),
+            **self.bn2.edge_links("bn2", "7", rows),
+        }
+
+
+STACKED: dict[str, type[StackedConv] | type[StackedSep]] = {"conv": StackedConv, "sep": StackedSep}
+
+
+class StateEdges(nn.Module):
+    """Every edge leaving one state: stacked built-in ops, the identity, and ops run edge by edge."""
+
+    def __init__(self, space: SearchSpace, state: int, reference: ReferenceCell) -> None:
+        super().__init__()
+        self.channels = c = reference.channels
+        self.targets = range(max(0, state - 1), space.nodes)
+        self.edges = [space.edge_index(node, state) for node in self.targets]
+        self.stacked = nn.ModuleDict()
+        self.identity: list[int] = []
+        self.single = nn.ModuleDict()  # "slot_op" -> the reference cell's own module
+        for o, name in enumerate(space.ops):
+            op = get_op(name)
+            kind = op.stacking.kind if op.stacking else None
+            if op.is_zero:
+                continue
+            if kind in STACKED:
+                self.stacked[str(o)] = STACKED[kind](c, len(self.edges), op.stacking)
+            elif kind == "identity":
+                self.identity.append(o)
+            else:
+                for slot, e in enumerate(self.edges):
+                    self.single[f"{slot}_{o}"] = reference.edges[e].ops[o]
+
+    def forward(self, h: torch.Tensor, weights: torch.Tensor) -> list[list[torch.Tensor]]:
+        """The terms each outgoing edge adds to its node; ``weights`` are the edges' rows of alpha."""
+        c = self.channels
+        terms: list[list[torch.Tensor]] = [[] for _ in self.edges]
+        if self.stacked:
+            a = F.leaky_relu(h, NEGATIVE_SLOPE)
+            stack = _total(op(a, weights[:, int(o)].repeat_interleave(c)) for o, op in self.stacked.items())
+            for slot, out in enumerate(terms):
+                out.append(stack[:, slot * c : (slot + 1) * c])
+        for o in self.identity:
+            for slot, out in enumerate(terms):
+                out.append(weights[slot, o] * h)
+        for key, op in self.single.items():
+            slot, o = map(int, key.split("_"))
+            terms[slot].append(weights[slot, o] * op(h))
+        return terms
+
+    def links(self) -> Iterator[tuple[str, str, View]]:
+        """(own key, reference cell key, view) for every tensor of this module."""
+        for slot, e in enumerate(self.edges):
+            for o, op in self.stacked.items():
+                for key, (ref, view) in op.edge_links(slot).items():
+                    yield f"stacked.{o}.{key}", f"edges.{e}.ops.{o}.{ref}", view
+        for key, op in self.single.items():
+            slot, o = map(int, key.split("_"))
+            for name in op.state_dict():
+                yield f"single.{key}.{name}", f"edges.{self.edges[slot]}.ops.{o}.{name}", _whole
+
+
+class FusedCell(SearchCell):
+    """The default search cell: the reference cell computed state by state with stacked operations."""
+
+    def __init__(self, space: SearchSpace, channels: int) -> None:
+        super().__init__(space, channels)
+        # Initial weights come from a reference cell, so a seed gives the same supernet in either implementation.
+        reference = ReferenceCell(space, channels)
+        self.states = nn.ModuleList(StateEdges(space, t, reference) for t in range(space.nodes + 1))
+        self.load_reference_state(reference.state_dict())
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        nodes: list[list[torch.Tensor]] = [[] for _ in range(self.space.nodes)]
+        states = [s1, s0]
+        for t, edges in enumerate(self.states):
+            if t >= 2:  # node t - 2 has all its terms once every earlier state has been expanded
+                states.append(_total(nodes[t - 2]))
+            for node, terms in zip(edges.targets, edges(states[t], weights[edges.edges])):
+                nodes[node] += terms
+        states.append(_total(nodes[-1]))
+        return torch.cat(states[2:], dim=1)
+
+    def _links(self) -> Iterator[tuple[str, str, View]]:
+        for t, edges in enumerate(self.states):
+            for key, ref, view in edges.links():
+                yield f"states.{t}.{key}", ref, view
+
+    def reference_state(self, tensors: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        tensors = self.state_dict() if tensors is None else tensors
+        return {ref: view(tensors[key]) for key, ref, view in self._links() if key in tensors}
+
+    def load_reference_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        own = self.state_dict()  # detached tensors sharing storage with the parameters and buffers
+        links = list(self._links())
+        mismatch = sorted(set(state) ^ {ref for _, ref, _ in links})
+        if mismatch:
+            raise KeyError(f"reference state and fused cell disagree on: {', '.join(mismatch[:5])}")
+        with torch.no_grad():
+            for key, ref, view in links:
+                view(own[key]).copy_(state[ref])
