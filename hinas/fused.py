@@ -21,13 +21,12 @@ op and cell into B + 1 that are up to B times wider.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from functools import reduce
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .cells import ReferenceCell, SearchCell
 from .ops import NEGATIVE_SLOPE, Stacking, get_op
@@ -43,8 +42,34 @@ def _whole(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
-    return reduce(operator.add, terms)
+class _NormLeaky(torch.autograd.Function):
+    """Batch-statistics BN without affine parameters, then LeakyReLU, saving only the output and 1/std.
+
+    Both steps are invertible per element (a positive scale per channel; a
+    positive slope), so the backward pass recovers the normalised input from
+    the output instead of keeping the BN input alive as well.
+    """
+
+    @staticmethod
+    def forward(ctx, x, running_mean, running_var, momentum, eps):  # type: ignore[override]
+        y, _, invstd = torch.native_batch_norm(x, None, None, running_mean, running_var, True, momentum, eps)
+        y = F.leaky_relu_(y, NEGATIVE_SLOPE)
+        ctx.eps = eps
+        ctx.save_for_backward(y, invstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        y, invstd = ctx.saved_tensors
+        negative = y < 0
+        xhat = torch.where(negative, y / NEGATIVE_SLOPE, y)
+        grad = torch.where(negative, grad * NEGATIVE_SLOPE, grad)
+        unit = torch.ones_like(invstd)
+        # BN's backward written for input xhat (mean 0, 1/std 1), with weight 1/std restoring the true scale.
+        dx = torch.ops.aten.native_batch_norm_backward(
+            grad, xhat, invstd, None, None, torch.zeros_like(invstd), unit, True, ctx.eps, [True, False, False]
+        )[0]
+        return dx, None, None, None, None
 
 
 class ScaledBatchNorm(nn.BatchNorm2d):
@@ -57,6 +82,13 @@ class ScaledBatchNorm(nn.BatchNorm2d):
         if self.training:
             self.num_batches_tracked.add_(1)
         return F.batch_norm(x, self.running_mean, self.running_var, scale, None, self.training, self.momentum, self.eps)
+
+    def leaky(self, x: torch.Tensor) -> torch.Tensor:
+        """LeakyReLU(BN(x)); while training, the backward pass keeps only the output, not ``x`` as well."""
+        if not (self.training and torch.is_grad_enabled()):
+            return F.leaky_relu(self(x), NEGATIVE_SLOPE)
+        self.num_batches_tracked.add_(1)
+        return _NormLeaky.apply(x, self.running_mean, self.running_var, self.momentum, self.eps)
 
     def edge_links(self, name: str, ref: str, rows: slice) -> Links:
         pick: View = lambda t: t[rows]  # noqa: E731
@@ -77,14 +109,25 @@ class StackedConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(edges * channels, channels, k, k))
         self.bn = ScaledBatchNorm(edges * channels)
 
-    def forward(self, a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return self.bn(F.conv2d(a, self.weight, padding=self.padding, dilation=self.dilation), scale)
+    def forward(self, a: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The E edges' terms stacked edge-major, given their mixing weights for this op."""
+        y = F.conv2d(a, self.weight, padding=self.padding, dilation=self.dilation)
+        return self.bn(y, weights.repeat_interleave(a.shape[1]))
 
     def edge_links(self, slot: int) -> Links:
         """Keys follow ``ops.act_conv_bn``: Sequential(act, conv, bn)."""
         c = self.weight.shape[1]
         rows = slice(slot * c, (slot + 1) * c)
         return {"weight": ("1.weight", lambda t: t[rows]), **self.bn.edge_links("bn", "2", rows)}
+
+
+def _depthwise_pointwise(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, padding: int, groups: int) -> torch.Tensor:
+    return F.conv2d(F.conv2d(x, dw, padding=padding, groups=groups), pw)
+
+
+def _recomputed(fn: Callable[..., torch.Tensor], *args: object) -> torch.Tensor:
+    """``fn(*args)`` keeping only its inputs for the backward pass: for cheap ops whose outputs would cost memory."""
+    return checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
 
 
 class StackedSep(nn.Module):
@@ -107,13 +150,14 @@ class StackedSep(nn.Module):
         self.pw2 = nn.Parameter(torch.empty(e, c, c))
         self.bn2 = ScaledBatchNorm(e * c)
 
-    def forward(self, a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The E edges' terms stacked edge-major, given their mixing weights for this op."""
         e, c = self.pw1.shape[:2]
         pw1 = torch.block_diag(*self.pw1).view(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, 1, 1)
-        x = F.conv2d(F.conv2d(a, self.dw1, padding=self.padding, groups=c), pw1)
-        x = F.leaky_relu(self.bn1(x), NEGATIVE_SLOPE, inplace=True)  # in place: BN's backward needs only its input
-        x = F.conv2d(x, self.dw2, padding=self.padding, groups=e * c)
-        return self.bn2(F.conv2d(x, torch.block_diag(*self.pw2)[..., None, None]), scale)
+        x = _recomputed(_depthwise_pointwise, a, self.dw1, pw1, self.padding, c)
+        x = self.bn1.leaky(x)
+        x = _recomputed(_depthwise_pointwise, x, self.dw2, torch.block_diag(*self.pw2)[..., None, None], self.padding, e * c)
+        return self.bn2(x, weights.repeat_interleave(c))
 
     def edge_links(self, slot: int) -> Links:
         """Keys follow ``ops.sep_conv``: Sequential(act, dw, pw, bn, act, dw, pw, bn)."""
@@ -130,18 +174,19 @@ class StackedSep(nn.Module):
         }
 
 
-STACKED: dict[str, type[StackedConv] | type[StackedSep]] = {"conv": StackedConv, "sep": StackedSep}
+SHARED_INPUT: dict[str, type[StackedConv] | type[StackedSep]] = {"conv": StackedConv, "sep": StackedSep}
+"""Op kinds that read the state through the shared pre-activation, and the module running them for all its edges."""
 
 
 class StateEdges(nn.Module):
-    """Every edge leaving one state: stacked built-in ops, the identity, and ops run edge by edge."""
+    """Every edge leaving one state: built-in ops on the shared pre-activation, the identity, other ops as built."""
 
     def __init__(self, space: SearchSpace, state: int, reference: ReferenceCell) -> None:
         super().__init__()
         self.channels = c = reference.channels
         self.targets = range(max(0, state - 1), space.nodes)
         self.edges = [space.edge_index(node, state) for node in self.targets]
-        self.stacked = nn.ModuleDict()
+        self.shared = nn.ModuleDict()
         self.identity: list[int] = []
         self.single = nn.ModuleDict()  # "slot_op" -> the reference cell's own module
         for o, name in enumerate(space.ops):
@@ -149,37 +194,36 @@ class StateEdges(nn.Module):
             kind = op.stacking.kind if op.stacking else None
             if op.is_zero:
                 continue
-            if kind in STACKED:
-                self.stacked[str(o)] = STACKED[kind](c, len(self.edges), op.stacking)
+            if kind in SHARED_INPUT:
+                self.shared[str(o)] = SHARED_INPUT[kind](c, len(self.edges), op.stacking)
             elif kind == "identity":
                 self.identity.append(o)
             else:
                 for slot, e in enumerate(self.edges):
                     self.single[f"{slot}_{o}"] = reference.edges[e].ops[o]
 
-    def forward(self, h: torch.Tensor, weights: torch.Tensor) -> list[list[torch.Tensor]]:
-        """The terms each outgoing edge adds to its node; ``weights`` are the edges' rows of alpha."""
-        c = self.channels
-        terms: list[list[torch.Tensor]] = [[] for _ in self.edges]
-        if self.stacked:
+    def forward(self, h: torch.Tensor, weights: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """(node, term) for every term an outgoing edge adds to its node; ``weights`` are the edges' rows of alpha."""
+        if self.shared:
             a = F.leaky_relu(h, NEGATIVE_SLOPE)
-            stack = _total(op(a, weights[:, int(o)].repeat_interleave(c)) for o, op in self.stacked.items())
-            for slot, out in enumerate(terms):
-                out.append(stack[:, slot * c : (slot + 1) * c])
+            stack = None
+            for o, op in self.shared.items():
+                y = op(a, weights[:, int(o)])
+                stack = y if stack is None else stack.add_(y)  # in place: BN keeps its input, not its output
+            yield from zip(self.targets, stack.split(self.channels, dim=1))
         for o in self.identity:
-            for slot, out in enumerate(terms):
-                out.append(weights[slot, o] * h)
+            for slot, node in enumerate(self.targets):
+                yield node, weights[slot, o] * h
         for key, op in self.single.items():
             slot, o = map(int, key.split("_"))
-            terms[slot].append(weights[slot, o] * op(h))
-        return terms
+            yield self.targets[slot], weights[slot, o] * op(h)
 
     def links(self) -> Iterator[tuple[str, str, View]]:
         """(own key, reference cell key, view) for every tensor of this module."""
         for slot, e in enumerate(self.edges):
-            for o, op in self.stacked.items():
+            for o, op in self.shared.items():
                 for key, (ref, view) in op.edge_links(slot).items():
-                    yield f"stacked.{o}.{key}", f"edges.{e}.ops.{o}.{ref}", view
+                    yield f"shared.{o}.{key}", f"edges.{e}.ops.{o}.{ref}", view
         for key, op in self.single.items():
             slot, o = map(int, key.split("_"))
             for name in op.state_dict():
@@ -197,14 +241,16 @@ class FusedCell(SearchCell):
         self.load_reference_state(reference.state_dict())
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        nodes: list[list[torch.Tensor]] = [[] for _ in range(self.space.nodes)]
+        # Nodes are summed as their terms arrive, so each state's stacked outputs are freed before the next state's.
+        nodes: list[torch.Tensor | None] = [None] * self.space.nodes
         states = [s1, s0]
         for t, edges in enumerate(self.states):
             if t >= 2:  # node t - 2 has all its terms once every earlier state has been expanded
-                states.append(_total(nodes[t - 2]))
-            for node, terms in zip(edges.targets, edges(states[t], weights[edges.edges])):
-                nodes[node] += terms
-        states.append(_total(nodes[-1]))
+                states.append(nodes[t - 2])
+            for node, term in edges(states[t], weights[edges.edges]):
+                total = nodes[node]
+                nodes[node] = term if total is None else total + term
+        states.append(nodes[-1])
         return torch.cat(states[2:], dim=1)
 
     def _links(self) -> Iterator[tuple[str, str, View]]:
