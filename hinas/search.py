@@ -85,7 +85,7 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, progr
     weight_imgs, arch_imgs, val_imgs = in_memory(weight_imgs), in_memory(arch_imgs), in_memory(val_imgs, cfg.val_crop)
     w_loader, a_loader = _loaders(cfg, weight_imgs, arch_imgs)
 
-    model = Supernet(space).to(device)
+    model = Supernet(space, impl=cfg.supernet, checkpoint=cfg.checkpoint_cells).to(device)
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

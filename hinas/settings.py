@@ -58,6 +58,10 @@ class SearchConfig:
     pixel_loss: Literal["mse", "l1"] = "mse"
     ssim_weight: float = 0.5
     loss_scale: float = 0.5
+    supernet: Literal["fused", "reference"] = "fused"
+    """Supernet cell implementation: ``fused`` (fast, lean) or ``reference`` (plain, for checking); same mathematics."""
+    checkpoint_cells: bool = False
+    """Recompute each supernet cell in the backward pass instead of keeping its activations: less memory, more time."""
     seed: int = 0
     device: Device = "auto"
     amp: Amp = "auto"

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .cells import ReferenceCell, SearchCell
+from .errors import ConfigError
 from .fused import FusedCell
 from .genotype import Genotype, derive
 from .layers import STEM_CHANNELS, Decoder, Stem, scaler
@@ -64,6 +65,8 @@ class Supernet(nn.Module):
 
     def __init__(self, space: SearchSpace, impl: str = "fused", checkpoint: bool = False) -> None:
         super().__init__()
+        if impl not in CELLS:
+            raise ConfigError(f"supernet impl {impl!r} is not valid; choose one of {', '.join(CELLS)}")
         self.space, self.impl, self.checkpoint = space, impl, checkpoint
         make_cell = CELLS[impl]
         b, f, k_levels = space.nodes, space.filters, space.levels

@@ -6,7 +6,8 @@ from conftest import small_space
 from hinas.genotype import Genotype, derive_cell
 from hinas.network import Cell
 from hinas.space import MOVES, SearchSpace, preset
-from hinas.supernet import SearchCell, Supernet
+from hinas.fused import FusedCell
+from hinas.supernet import ReferenceCell, SearchCell, Supernet
 
 
 def test_architecture_and_weights_are_separate_parameter_groups():
@@ -69,7 +70,8 @@ def test_shared_evaluates_one_cell_per_layer_and_level_per_transition_one_per_ar
     assert count_cell_calls(Supernet(small_space(cell_eval="per_transition")), x) == 14
 
 
-def test_discretised_supernet_cell_equals_the_derived_cell():
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_discretised_supernet_cell_equals_the_derived_cell(impl):
     """One-hot alphas (zero op on dropped edges) make a search cell compute exactly its derived cell."""
     space = small_space(nodes=4)
     torch.manual_seed(1)
@@ -82,12 +84,16 @@ def test_discretised_supernet_cell_equals_the_derived_cell():
             e = space.edge_index(node, state)
             one_hot[e] = 0
             one_hot[e, space.ops.index(op)] = 1
-    search, derived = SearchCell(space, 6), Cell(genotype, 6)
+    search, derived = ReferenceCell(space, 6), Cell(genotype, 6)
     for node, edges in enumerate(genotype):
         for slot, (op, state) in enumerate(edges):
             source = search.edges[space.edge_index(node, state)].ops[space.ops.index(op)]
             missing, unexpected = derived.nodes[node][slot].load_state_dict(source.state_dict(), strict=False)
             assert not unexpected and all(k.endswith(("weight", "bias")) for k in missing)  # only BN's affine pair
+    if impl == "fused":
+        fused = FusedCell(space, 6)
+        fused.load_reference_state(search.state_dict())
+        search = fused
     s0, s1 = torch.randn(2, 6, 9, 9), torch.randn(2, 6, 9, 9)
     torch.testing.assert_close(search(s0, s1, one_hot), derived(s0, s1))
 
