@@ -10,10 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import HinasError
+from .errors import ConfigError, HinasError, Interrupted
 from .settings import PRESETS, EvalConfig, SearchConfig, TrainConfig, resolve
 
 COMMANDS = {"search": SearchConfig, "retrain": TrainConfig, "evaluate": EvalConfig}
+RESUMABLE = ("search", "retrain")
 SHORTCUTS = {"retrain": ("genotype", "genotype file or search run directory"),
              "evaluate": ("model", "retrain run directory, checkpoint, or a baseline: noisy, bicubic")}
 
@@ -32,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE", help="YAML file of settings")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting, e.g. --set epochs=10 --set space.filters=8 (repeatable)")
-        p.add_argument("--out", metavar="RUN_DIR", default=f"runs/{name}", help="run directory (default: %(default)s)")
-        p.add_argument("--overwrite", action="store_true", help="replace a finished run in RUN_DIR")
+        p.add_argument("--out", metavar="RUN_DIR", help=f"run directory (default: runs/{name})")
+        p.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in RUN_DIR")
+        if name in RESUMABLE:
+            p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR exactly where it "
+                           "stopped, with its own settings unless --preset/--config/--set are given")
+            p.add_argument("--force", action="store_true", help="resume even though settings or code differ from the run's")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         if name in SHORTCUTS:
             key, text = SHORTCUTS[name]
@@ -85,18 +90,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in SHORTCUTS and getattr(args, SHORTCUTS[args.command][0]):
             key = SHORTCUTS[args.command][0]
             overrides.append(f"{key}={getattr(args, key)}")
-        cfg = resolve(cls, args.preset, args.config, overrides)
+        resume = getattr(args, "resume", None)
+        if resume and args.out and Path(args.out) != Path(resume):
+            raise ConfigError(f"--resume {resume} continues the run in place; drop --out {args.out}")
+        args.out = resume or args.out or f"runs/{args.command}"
+        if resume and not (args.preset or args.config or overrides):
+            cfg = resolve(cls, file=Path(resume) / "config.yaml")  # the run's own settings
+        else:
+            cfg = resolve(cls, args.preset, args.config, overrides)
         progress = not args.quiet
+        again = {"resume": bool(resume), "force": args.force} if args.command in RESUMABLE else {}
         if args.command == "search":
             from .search import search
 
-            result = search(cfg, args.out, overwrite=args.overwrite, progress=progress)
+            result = search(cfg, args.out, overwrite=args.overwrite, progress=progress, **again)
             print(describe(result.genotype))
             print(f"genotype: {result.run_dir / 'genotype.json'} (epoch {result.best_epoch}); drawing: {result.run_dir / 'genotype.svg'}")
         elif args.command == "retrain":
             from .train import retrain
 
-            m = retrain(cfg, args.out, overwrite=args.overwrite, progress=progress)
+            m = retrain(cfg, args.out, overwrite=args.overwrite, progress=progress, **again)
             print(f"best validation PSNR {m['val_psnr']:.2f} dB (input {m['input_psnr']:.2f} dB) at iteration "
                   f"{m['best_iteration']}; {m['params_m']:.3f} M parameters; model: {Path(args.out) / 'best.pt'}")
         else:
@@ -108,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['set']:>14} {level:>9}: PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}  "
                       f"(input {r['input_psnr']:.2f} dB, {r['images']} images)")
             print(f"metrics: {Path(args.out) / 'metrics.json'}")
-    except HinasError as err:
+    except Interrupted as err:
+        print(f"hinas {args.command}: {err}", file=sys.stderr)
+        return 128 + err.signal
+    except (HinasError, OSError) as err:  # OSError: a disk that fails outside hinas's own writes (drawings, figures)
         print(f"hinas {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
