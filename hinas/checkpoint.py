@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import pickle
 import random
 import signal
 import threading
@@ -104,7 +105,7 @@ def code_version() -> dict[str, str]:
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return {"hinas": __version__, "torch": torch.__version__, "source": digest.hexdigest()[:16]}
+    return {"hinas": __version__, "torch": str(torch.__version__), "source": digest.hexdigest()[:16]}
 
 
 def differences(run: Any, now: Any, prefix: str = "") -> list[str]:
@@ -121,10 +122,13 @@ def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     """A hinas checkpoint of ``kind`` (search or retrain), read with ``weights_only=True``: pickled code is refused, never run."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated, foreign or hostile files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(err).__name__}: {first}); it may be truncated, "
-                              "or hold pickled code, which hinas never runs") from None
+    except pickle.UnpicklingError as err:
+        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), "")
+        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain data, such as pickled "
+                              f"code, which hinas never loads ({detail})") from None
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(err).__name__}: {_first_line(err)}); "
+                              "it may be truncated or not a checkpoint at all") from None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a hinas training checkpoint (no 'format': {FORMAT!r})")
     if saved.get("version") != VERSION:
@@ -137,11 +141,16 @@ def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     return saved
 
 
-def resume_state(run: Path, kind: str, cfg: Any, *, force: bool = False) -> dict[str, Any]:
-    """The checkpoint of the interrupted run in ``run``, checked against ``cfg`` and this code before any work starts."""
+def resume_state(run: Path, kind: str, cfg: Any, *, force: bool = False) -> dict[str, Any] | None:
+    """The checkpoint of the interrupted run in ``run``, checked against ``cfg`` and this code before any work starts.
+
+    None for a run stopped before its first checkpoint: nothing was computed, so it starts from the beginning.
+    """
     path = run / CHECKPOINT
     if not path.is_file():
-        raise CheckpointError(f"{run} holds no {CHECKPOINT} to resume from; start the run without --resume")
+        if (run / "config.yaml").is_file():
+            return None
+        raise CheckpointError(f"{run} holds no run to resume (no {CHECKPOINT}, no config.yaml)")
     saved = read_checkpoint(path, kind)
     diffs = differences({"config": saved["config"], "code": saved["code"]}, {"config": to_dict(cfg), "code": code_version()})
     if diffs and not force:
@@ -149,6 +158,11 @@ def resume_state(run: Path, kind: str, cfg: Any, *, force: bool = False) -> dict
                               + "\n  ".join(diffs)
                               + f"\nresume with the run's own settings (--resume {run} alone reads its config.yaml), or pass --force")
     return saved
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 class StopSignals:
@@ -175,6 +189,23 @@ class StopSignals:
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def restore_state(cls: type[P], saved: dict[str, Any], model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+            scaler: torch.amp.GradScaler, source: Path) -> P:
+    """Load weights, optimisers, scaler and generators from ``saved`` (read from ``source``); return the loop's progress."""
+    try:
+        model.load_state_dict(saved["model"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(saved["optimizers"][name])
+        if saved["scaler"]:
+            scaler.load_state_dict(saved["scaler"])
+        state = cls(**saved["progress"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{source}: does not fit this {saved['kind']} (written for another search space "
+                              f"or network?): {_first_line(err)}") from None
+    set_rng_state(saved["rng"])
+    return state
 
 
 class Checkpointer:
@@ -204,29 +235,18 @@ class Checkpointer:
         }, self.path)
         self.saved_at = state.position()
 
-    def restore(self, cls: type[P], saved: dict[str, Any] | None = None) -> P:
-        """Load weights, optimisers, scaler and generators from ``saved`` (default: the file); return the loop's progress."""
-        saved = saved if saved is not None else read_checkpoint(self.path, self.kind)
-        try:
-            self.model.load_state_dict(saved["model"])
-            for name, opt in self.optimizers.items():
-                opt.load_state_dict(saved["optimizers"][name])
-            if saved["scaler"]:
-                self.scaler.load_state_dict(saved["scaler"])
-            state = cls(**saved["progress"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{self.path}: does not fit this {self.kind} (written for another search space "
-                                  f"or network?): {first}") from None
-        set_rng_state(saved["rng"])
+    def restore(self, cls: type[P]) -> P:
+        """Back to the state in the checkpoint file."""
+        state = restore_state(cls, read_checkpoint(self.path, self.kind), self.model, self.optimizers, self.scaler, self.path)
         self.saved_at = state.position()
         return state
 
-    def resume(self, cls: type[P], saved: dict[str, Any]) -> P:
-        state = self.restore(cls, saved)
+    def resumed(self, state: Progress, saved: dict[str, Any]) -> None:
+        """Continue the clock of a run restored from ``saved``, record its settings and log the resumption."""
         self._start = time.perf_counter() - state.elapsed
-        self.run.log(event="resume", position=state.position())
-        return state
+        self.saved_at = state.position()
+        self.run.write_config(self.cfg)
+        self.run.log(event="resume", position=state.position(), changed=differences(saved["config"], to_dict(self.cfg)))
 
     def rollback(self, state: P, fault: NonFiniteError) -> P:
         """Back to the last checkpoint with smaller learning rates, or stop with a report, as ``cfg.on_nonfinite`` says."""

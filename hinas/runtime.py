@@ -126,8 +126,6 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path, cfg: Any, *, overwrite: bool = False, resume: bool = False) -> None:
-        import yaml
-
         self.path = Path(path)
         check_run_dir(self.path, overwrite=overwrite, resume=resume)
         self.created = not self.path.exists()
@@ -136,7 +134,8 @@ class RunDir:
             if overwrite:
                 for name in (FINISHED, CHECKPOINT):
                     (self.path / name).unlink(missing_ok=True)
-            atomic_write_bytes(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+            if not resume:  # a resumed run records its settings once its checkpoint has been restored
+                self.write_config(cfg)
             self._log = open(self.path / "log.jsonl", "a" if resume else "w", buffering=1)
         except OSError as err:
             raise OutputError(f"cannot write the run directory {self.path}: {err.strerror or err}; "
@@ -148,6 +147,11 @@ class RunDir:
             except ImportError:
                 raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
             self._tb = SummaryWriter(str(self.path / "tensorboard"))
+
+    def write_config(self, cfg: Any) -> None:
+        import yaml
+
+        atomic_write_bytes(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
 
     def log(self, **record: Any) -> None:
         """One JSON line; records with an epoch or iteration also go to TensorBoard (when on) as scalars."""

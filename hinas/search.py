@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import Checkpointer, OffsetSampler, Progress, StopSignals, loader_generator, resume_state
+from .checkpoint import Checkpointer, OffsetSampler, Progress, StopSignals, loader_generator, restore_state, resume_state
 from .complexity import count_params
 from .data import PatchDataset, in_memory, load_images, split_images
 from .errors import CollapseError, ConfigError, NonFiniteError, RenderError
@@ -30,7 +30,7 @@ from .losses import restoration_loss, search_lr
 from .metrics import convention_for
 from .plots import plot_alphas, plot_betas
 from .render import draw_genotype
-from .runtime import RunDir, amp_dtype, autocast, check_run_dir, pick_device, prepare_device, seed_everything, write_json
+from .runtime import CHECKPOINT, RunDir, amp_dtype, autocast, check_run_dir, pick_device, prepare_device, seed_everything, write_json
 from .settings import SearchConfig
 from .space import SearchSpace
 from .supernet import Supernet
@@ -123,11 +123,15 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     weights, arch = model.weight_parameters(), model.arch_parameters()
 
-    run = RunDir(out, cfg, overwrite=overwrite, resume=resume)
-    ckpt = Checkpointer(run, "search", cfg, model, {"weights": w_opt, "arch": a_opt}, scaler)
+    optimizers = {"weights": w_opt, "arch": a_opt}
+    resumed = restore_state(SearchProgress, saved, model, optimizers, scaler, out / CHECKPOINT) if saved else None
+
+    run = RunDir(out, cfg, overwrite=overwrite, resume=resumed is not None)
+    ckpt = Checkpointer(run, "search", cfg, model, optimizers, scaler)
     steps = len(w_loader)
-    if saved is not None:
-        state = ckpt.resume(SearchProgress, saved)
+    if resumed is not None:
+        state = resumed
+        ckpt.resumed(state, saved)
     else:
         run.log(event="start", device=str(device), amp=str(amp), images={"weights": len(weight_imgs), "arch": len(arch_imgs),
                 "val": len(val_imgs)}, steps_per_epoch=steps, params=count_params(model))

@@ -251,7 +251,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {item!r}")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
 
 
 def load_section(file: str | Path) -> dict[str, Any]:
@@ -259,7 +262,7 @@ def load_section(file: str | Path) -> dict[str, Any]:
     path, sep, section = str(file).rpartition(":") if ":" in str(file) else (str(file), "", "")
     try:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
         raise ConfigError(f"{path}: cannot read the config file ({err})") from None
     if sep:
         if not isinstance(loaded, dict) or not isinstance(loaded.get(section), dict):

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import Checkpointer, OffsetSampler, Progress, StopSignals, loader_generator, resume_state
+from .checkpoint import Checkpointer, OffsetSampler, Progress, StopSignals, loader_generator, restore_state, resume_state
 from .complexity import count_flops, count_params
 from .data import PatchDataset, in_memory, load_images, split_images
 from .errors import ConfigError, NonFiniteError
@@ -21,7 +21,7 @@ from .guard import checked_step
 from .losses import poly_lr, restoration_loss
 from .metrics import convention_for
 from .network import Network, save_model
-from .runtime import RunDir, amp_dtype, autocast, check_run_dir, pick_device, prepare_device, seed_everything, write_json
+from .runtime import CHECKPOINT, RunDir, amp_dtype, autocast, check_run_dir, pick_device, prepare_device, seed_everything, write_json
 from .search import score
 from .settings import TrainConfig
 
@@ -90,11 +90,14 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
     val_kw = {"task": space.task, "sigma": None if sr else cfg.sigma, "scale": space.scale if sr else None}
     n_params = count_params(model)
 
-    run = RunDir(out, cfg, overwrite=overwrite, resume=resume)
+    resumed = restore_state(TrainProgress, saved, model, {"weights": opt}, scaler, out / CHECKPOINT) if saved else None
+
+    run = RunDir(out, cfg, overwrite=overwrite, resume=resumed is not None)
     genotype.save(run / "genotype.json")
     ckpt = Checkpointer(run, "retrain", cfg, model, {"weights": opt}, scaler)
-    if saved is not None:
-        state = ckpt.resume(TrainProgress, saved)
+    if resumed is not None:
+        state = resumed
+        ckpt.resumed(state, saved)
     else:
         run.log(event="start", device=str(device), amp=str(amp), params=n_params, train_images=len(train_imgs), val_images=len(val_imgs))
         state = TrainProgress()
