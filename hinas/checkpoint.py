@@ -123,7 +123,7 @@ def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), "")
+        detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
         raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain data, such as pickled "
                               f"code, which hinas never loads ({detail})") from None
     except Exception as err:  # torch raises several types for truncated or foreign files
@@ -161,8 +161,7 @@ def resume_state(run: Path, kind: str, cfg: Any, *, force: bool = False) -> dict
 
 
 def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 class StopSignals:

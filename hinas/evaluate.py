@@ -91,6 +91,16 @@ def restore(model: nn.Module, x: torch.Tensor, scale: int = 1, tile: int = 0, ov
     return out / weight
 
 
+def check_measurable(images: Images, convention: Convention) -> None:
+    """Refuse, by name, an image too small for SSIM's window once mod-cropped and shaved (before a run, not during it)."""
+    need = convention.ssim_window + 2 * convention.shave
+    for name, img in images:
+        h, w = img.shape[-2:]
+        if min(h, w) // convention.scale * convention.scale - 2 * convention.shave < convention.ssim_window:
+            raise DataError(f"image {name} is {h}x{w}, too small to measure: SSIM needs {need}x{need} pixels "
+                            f"after mod-crop to x{convention.scale}")
+
+
 def _input_channels(model: nn.Module) -> int | None:
     """Channels a hinas network or supernet takes (from its search space); None for other modules."""
     space = getattr(getattr(model, "genotype", None), "space", None) or getattr(model, "space", None)
@@ -134,6 +144,7 @@ def evaluate_model(
             kind = "gray" if channels == 1 else "colour"
             raise DataError(f"image {name} has {clean.shape[0]} channel(s) but the model takes {channels} ({kind}); "
                             f"load the set with channels={channels} (load_images(..., channels={channels})) to convert it")
+        check_measurable([(name, clean)], convention)
         degraded, target = degrade(name, clean, task, sigma, scale)
         restored = restore(model, degraded.unsqueeze(0).to(device), scale or 1, tile, overlap)[0].float().cpu()
         reference = degraded if task == "denoise" else bicubic_up(degraded, scale)

@@ -23,7 +23,7 @@ from .checkpoint import Checkpointer, OffsetSampler, Progress, StopSignals, load
 from .complexity import count_params
 from .data import PatchDataset, in_memory, load_images, split_images
 from .errors import CollapseError, ConfigError, NonFiniteError, RenderError
-from .evaluate import evaluate_model
+from .evaluate import check_measurable, evaluate_model
 from .genotype import Genotype
 from .guard import checked_step
 from .losses import restoration_loss, search_lr
@@ -113,6 +113,7 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
     images = load_images(cfg.data, cfg.data_root or None, channels=space.in_channels)
     weight_imgs, arch_imgs, val_imgs = split_images(images, cfg.val_images, cfg.seed)
     weight_imgs, arch_imgs, val_imgs = in_memory(weight_imgs), in_memory(arch_imgs), in_memory(val_imgs, cfg.val_crop)
+    check_measurable(val_imgs, convention_for(space.task, space.scale))
     w_loader, a_loader, sampler = _loaders(cfg, weight_imgs, arch_imgs)
 
     model = Supernet(space).to(device)

@@ -15,7 +15,7 @@ from .checkpoint import Checkpointer, OffsetSampler, Progress, StopSignals, load
 from .complexity import count_flops, count_params
 from .data import PatchDataset, in_memory, load_images, split_images
 from .errors import ConfigError, NonFiniteError
-from .evaluate import evaluate_model
+from .evaluate import check_measurable, evaluate_model
 from .genotype import Genotype
 from .guard import checked_step
 from .losses import poly_lr, restoration_loss
@@ -75,6 +75,7 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
         a, b, val_imgs = split_images(images, cfg.val_images, cfg.seed)
         train_imgs = a + b
     train_imgs, val_imgs = in_memory(train_imgs), in_memory(val_imgs, cfg.val_crop)
+    check_measurable(val_imgs, convention_for(space.task, space.scale))
     dataset = PatchDataset(train_imgs, cfg.patch, task=space.task, scale=space.scale, sigma=(cfg.sigma,),
                            rescale=None if sr or not cfg.rescale else tuple(cfg.rescale), length=cfg.iterations * cfg.batch, seed=cfg.seed)
     sampler = OffsetSampler(len(dataset))

@@ -33,12 +33,13 @@ from hinas.search import search
 from hinas.settings import SearchConfig, TrainConfig, resolve
 from hinas.train import retrain
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 SEARCH = ["--preset", "smoke", "--set", "patches_per_image=2", "--set", "checkpoint_every=1"]
 """2 epochs of 5 steps (arch steps in the second), a checkpoint after every step: checkpoint n <= 5 is epoch 1 step n - 1."""
 RETRAIN = ["--preset", "smoke", "--set", "iterations=6", "--set", "val_every=3", "--set", "checkpoint_every=1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Children compute on one thread, as this process does under the ``one_thread`` fixture."""
 
 SIGNAL_IN_WRITE = """
 import os, signal, sys
@@ -62,17 +63,8 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """This process and its children compute on one thread each: equal float sums, and spared shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, one_thread):
     """Uninterrupted runs with the settings the kill tests use."""
     root = tmp_path_factory.mktemp("reference")
     assert main(["search", *SEARCH, "--out", str(root / "search"), "--quiet"]) == 0
