@@ -74,7 +74,8 @@ def cli(args: list[str], stop_after: float | None = None) -> tuple[float, int]:
             time.sleep(0.01)
         time.sleep(stop_after)
         proc.send_signal(signal.SIGTERM)
-    return time.perf_counter() - start, proc.wait()
+    code = proc.wait()
+    return time.perf_counter() - start, code
 
 
 def interruption_cost(repeats: int) -> dict:

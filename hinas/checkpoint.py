@@ -160,6 +160,23 @@ def resume_state(run: Path, kind: str, cfg: Any, *, force: bool = False) -> dict
     return saved
 
 
+def restore_state(cls: type[P], saved: dict[str, Any], model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                  scaler: torch.amp.GradScaler, source: Path) -> P:
+    """Load weights, optimisers, scaler and generators from ``saved`` (read from ``source``); return the loop's progress."""
+    try:
+        model.load_state_dict(saved["model"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(saved["optimizers"][name])
+        if saved["scaler"]:
+            scaler.load_state_dict(saved["scaler"])
+        state = cls(**saved["progress"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{source}: does not fit this {saved['kind']} (written for another search space "
+                              f"or network?): {_first_line(err)}") from None
+    set_rng_state(saved["rng"])
+    return state
+
+
 def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
@@ -188,23 +205,6 @@ class StopSignals:
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
-
-
-def restore_state(cls: type[P], saved: dict[str, Any], model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-            scaler: torch.amp.GradScaler, source: Path) -> P:
-    """Load weights, optimisers, scaler and generators from ``saved`` (read from ``source``); return the loop's progress."""
-    try:
-        model.load_state_dict(saved["model"])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(saved["optimizers"][name])
-        if saved["scaler"]:
-            scaler.load_state_dict(saved["scaler"])
-        state = cls(**saved["progress"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{source}: does not fit this {saved['kind']} (written for another search space "
-                              f"or network?): {_first_line(err)}") from None
-    set_rng_state(saved["rng"])
-    return state
 
 
 class Checkpointer:

@@ -78,7 +78,7 @@ def spawn(args: list[str], signal_in_write: tuple[str, int] | None = None) -> su
 
 
 def same_run(a: Path, b: Path) -> None:
-    """Equal bit for bit but for wall-clock times: history, metrics, genotype, final weights and optimiser state."""
+    """Equal bit for bit but for wall-clock times: history, metrics, genotype, final weights, optimisers, scaler, RNGs."""
     def without_time(obj):
         if isinstance(obj, dict):
             return {k: without_time(v) for k, v in obj.items() if k not in ("seconds", "elapsed")}
@@ -87,7 +87,7 @@ def same_run(a: Path, b: Path) -> None:
     for name in ("history.json", "metrics.json", "genotype.json"):
         assert without_time(json.loads((a / name).read_text())) == without_time(json.loads((b / name).read_text())), name
     sa, sb = (torch.load(d / CHECKPOINT, weights_only=True) for d in (a, b))
-    for part in ("model", "optimizers", "progress"):
+    for part in ("model", "optimizers", "scaler", "rng", "progress"):
         flat_a, flat_b = _flatten(without_time(sa[part])), _flatten(without_time(sb[part]))
         assert flat_a.keys() == flat_b.keys()
         for key, value in flat_a.items():
@@ -95,8 +95,9 @@ def same_run(a: Path, b: Path) -> None:
 
 
 def _flatten(obj, prefix=""):
-    if isinstance(obj, dict):
-        return {k: v for key, value in obj.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    if isinstance(obj, (dict, list, tuple)):
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        return {k: v for key, value in items for k, v in _flatten(value, f"{prefix}{key}.").items()}
     return {prefix: obj}
 
 
@@ -178,6 +179,19 @@ def interrupted(tmp_path, monkeypatch):
         with pytest.raises(Interrupted, match="stopped by SIGTERM at epoch 1 step 1"):
             search(resolve(SearchConfig, "smoke"), run, progress=False)
     return run
+
+
+def test_an_fp16_search_resumes_with_its_grad_scaler(tmp_path, monkeypatch):
+    cfg = resolve(SearchConfig, "smoke", overrides=["amp=fp16", "device=cpu"])
+    search(cfg, tmp_path / "reference", progress=False)
+    with monkeypatch.context() as patch:
+        interrupt_at_step(patch, hinas.search, 3)  # epoch 2, after its first arch step
+        with pytest.raises(Interrupted):
+            search(cfg, tmp_path / "run", progress=False)
+    assert read_checkpoint(tmp_path / "run" / CHECKPOINT, "search")["scaler"]["scale"] == 65536.0
+    search(cfg, tmp_path / "run", resume=True, progress=False)
+    same_run(tmp_path / "reference", tmp_path / "run")
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["scaler"]["_growth_tracker"] > 0
 
 
 def test_resume_refuses_other_settings_or_code_unless_forced(interrupted, capsys, monkeypatch):
