@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed
 from .complexity import count_params
 from .data import PatchDataset, in_memory, load_images, split_images
 from .errors import ConfigError, RenderError
-from .evaluate import evaluate_model
 from .genotype import Genotype
 from .losses import restoration_loss, search_lr
 from .plots import plot_alphas, plot_betas
@@ -56,7 +56,7 @@ def collapse_indicators(model: Supernet, genotype: Genotype) -> dict[str, int]:
     }
 
 
-def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs) -> tuple[DataLoader, DataLoader]:
+def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs, ctx: distributed.Context) -> tuple[DataLoader, DataLoader]:
     space = cfg.space
     length = max(len(weight_imgs), len(arch_imgs)) * cfg.patches_per_image
     if length < cfg.batch:
@@ -68,24 +68,26 @@ def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs) -> tuple[DataLoader, Dat
     loaders = []
     for i, imgs in enumerate((weight_imgs, arch_imgs)):
         ds = PatchDataset(imgs, cfg.patch, task=space.task, scale=space.scale, sigma=cfg.sigmas, length=length, seed=cfg.seed * 2 + i)
-        loaders.append(DataLoader(ds, batch_size=cfg.batch, drop_last=True, num_workers=cfg.workers, pin_memory=torch.cuda.is_available()))
+        loaders.append(DataLoader(ds, batch_sampler=ctx.batches(length, cfg.batch), num_workers=cfg.workers, pin_memory=torch.cuda.is_available()))
     return loaders[0], loaders[1]
 
 
 def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> SearchResult:
     """Run a search into run directory ``out``; returns the selected genotype (also in ``out/genotype.json``)."""
-    run = RunDir(out, cfg, overwrite=overwrite)
+    ctx = distributed.init(pick_device(cfg.device))  # data-parallel under torchrun; a no-op context otherwise
+    progress = progress and ctx.is_main
+    run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite)
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    device = ctx.device
     prepare_device(device)
     amp = amp_dtype(device, cfg.amp)
     space = cfg.space
     images = load_images(cfg.data, cfg.data_root or None, channels=space.in_channels)
     weight_imgs, arch_imgs, val_imgs = split_images(images, cfg.val_images, cfg.seed)
     weight_imgs, arch_imgs, val_imgs = in_memory(weight_imgs), in_memory(arch_imgs), in_memory(val_imgs, cfg.val_crop)
-    w_loader, a_loader = _loaders(cfg, weight_imgs, arch_imgs)
+    w_loader, a_loader = _loaders(cfg, weight_imgs, arch_imgs, ctx)
 
-    model = Supernet(space).to(device)
+    model = ctx.replicate(Supernet(space).to(device))
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -96,7 +98,7 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, progr
         y = y.to(device, non_blocking=True)
         with autocast(device, amp):
             pred = model(x)
-        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, cfg.loss_scale)
+        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, cfg.loss_scale, ctx.batch_mean)
 
     steps = len(w_loader)
     run.log(event="start", device=str(device), amp=str(amp), images={"weights": len(weight_imgs), "arch": len(arch_imgs),
@@ -118,18 +120,21 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, progr
                 a_opt.zero_grad(set_to_none=True)
                 a_loss = loss_on(xa, ya)
                 a_loss.backward()
+                ctx.sync_grads(model.arch_parameters())
                 a_opt.step()
                 a_losses.append(a_loss.item())
             w_opt.zero_grad(set_to_none=True)
             w_loss = loss_on(xw, yw)
             w_loss.backward()
+            ctx.sync_grads(model.weight_parameters())
             w_opt.step()
             w_losses.append(w_loss.item())
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{w_losses[-1]:.4f}", refresh=False)
 
+        w_losses, a_losses = ctx.average(w_losses), ctx.average(a_losses)
         genotype = model.genotype(meta={"epoch": epoch})
-        val = evaluate_model(model, val_imgs, task=space.task, sigma=cfg.val_sigma, scale=space.scale if space.task == "sr" else None)
+        val = ctx.evaluate(model, val_imgs, task=space.task, sigma=cfg.val_sigma, scale=space.scale if space.task == "sr" else None)
         record = {
             "epoch": epoch, "lr": lr, "weight_loss": sum(w_losses) / len(w_losses),
             "arch_loss": sum(a_losses) / len(a_losses) if a_losses else None,
@@ -160,6 +165,7 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, progr
     write_json(run / "history.json", history)
     _draw(run, chosen, model)
     picked = history[best_epoch - 1]
+    ctx.check_replicas(run / "replicas.json", model, genotype=chosen.to_dict(), best_epoch=best_epoch)
     metrics = {
         "best_epoch": best_epoch, "val_psnr": picked["val_psnr"], "val_ssim": picked["val_ssim"], "score": picked["score"],
         "skip_ops": picked["skip_ops"], "epochs": cfg.epochs, "steps": cfg.epochs * steps, "seconds": time.perf_counter() - start,

@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed
 from .complexity import count_flops, count_params
 from .data import PatchDataset, in_memory, load_images, split_images
-from .evaluate import evaluate_model
 from .genotype import Genotype
 from .losses import poly_lr, restoration_loss
 from .network import Network, save_model
@@ -34,10 +34,12 @@ def resolve_genotype(cfg: TrainConfig) -> Genotype:
 def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``Network(genotype, cfg.filters)`` into run directory ``out``; returns its metrics (also ``out/metrics.json``)."""
     genotype = resolve_genotype(cfg)
-    run = RunDir(out, cfg, overwrite=overwrite)
+    ctx = distributed.init(pick_device(cfg.device))  # data-parallel under torchrun; a no-op context otherwise
+    progress = progress and ctx.is_main
+    run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite)
     genotype.save(run / "genotype.json")
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    device = ctx.device
     prepare_device(device)
     amp = amp_dtype(device, cfg.amp)
     space = genotype.space
@@ -52,9 +54,9 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progr
     train_imgs, val_imgs = in_memory(train_imgs), in_memory(val_imgs, cfg.val_crop)
     dataset = PatchDataset(train_imgs, cfg.patch, task=space.task, scale=space.scale, sigma=(cfg.sigma,),
                            rescale=None if sr or not cfg.rescale else tuple(cfg.rescale), length=cfg.iterations * cfg.batch, seed=cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch, num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, batch_sampler=ctx.batches(len(dataset), cfg.batch), num_workers=cfg.workers, pin_memory=device.type == "cuda")
 
-    model = Network(genotype, cfg.filters).to(device)
+    model = ctx.replicate(Network(genotype, cfg.filters).to(device))
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -75,16 +77,18 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progr
         y = y.to(device, non_blocking=True)
         with autocast(device, amp):
             pred = model(x)
-        loss = restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight)
+        loss = restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, batch_mean=ctx.batch_mean)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        ctx.sync_grads(model.parameters())
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         losses.append(loss.item())
         bar.update()
         if it % cfg.val_every == 0 or it == cfg.iterations:
-            val = evaluate_model(model, val_imgs, **val_kw)
+            losses = ctx.average(losses)
+            val = ctx.evaluate(model, val_imgs, **val_kw)
             record = {"iteration": it, "train_loss": sum(losses) / len(losses), "lr": opt.param_groups[0]["lr"],
                       "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
                       "score": score(val["psnr"], val["ssim"]), "seconds": time.perf_counter() - start}
@@ -98,6 +102,7 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progr
             atomic_torch_save({"iteration": it, "model": model.state_dict(), "opt": opt.state_dict()}, run / "checkpoint.pt")
     bar.close()
 
+    ctx.check_replicas(run / "replicas.json", model, best_iteration=best["iteration"])
     write_json(run / "history.json", history)
     metrics = {
         "task": space.task, "sigma": val_kw["sigma"], "scale": val_kw["scale"], "filters": cfg.filters,
