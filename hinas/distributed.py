@@ -228,23 +228,26 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
     Not torch.nn.SyncBatchNorm: it refuses CPU tensors, and CI checks data parallelism with gloo on
     CPU, so one implementation serves CPU and GPU alike. Per layer and step it costs one all-reduce
-    of 2C numbers forward and one backward. Sums accumulate in float64 so E[x^2] - E[x]^2 does not
-    cancel; every rank holds an equal share of the batch.
+    of 2C numbers forward and one backward. As BatchNorm does, it computes in float32 whatever the
+    input (bf16 under autocast) and returns the input's dtype; sums accumulate in float64 so that
+    E[x^2] - E[x]^2 does not cancel. Every rank holds an equal share of the batch.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
-        c, dims = x.shape[1], (0, 2, 3)
+        xf, c, dims = x.float(), x.shape[1], (0, 2, 3)
         n = x.numel() // c * dist.get_world_size()
-        sums = _SumOverRanks.apply(torch.cat([x.sum(dims, dtype=torch.float64), x.square().sum(dims, dtype=torch.float64)]))
+        sums = _SumOverRanks.apply(torch.cat([xf.sum(dims, dtype=torch.float64), xf.square().sum(dims, dtype=torch.float64)]))
         mean = sums[:c] / n
         var = sums[c:] / n - mean.square()
         if self.track_running_stats:
             self._track(mean.detach(), var.detach() * n / (n - 1))
         shape = (1, c, 1, 1)
-        y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
-        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        y = (xf - mean.float().view(shape)) * torch.rsqrt(var + self.eps).float().view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
 
     @torch.no_grad()
     def _track(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
