@@ -56,19 +56,6 @@ class Progress:
 P = TypeVar("P", bound=Progress)
 
 
-class OffsetSampler(Sampler[int]):
-    """Indices ``start .. length - 1`` in order: a resumed epoch skips used batches without drawing them."""
-
-    def __init__(self, length: int) -> None:
-        self.length, self.start = length, 0
-
-    def __iter__(self):
-        return iter(range(self.start, self.length))
-
-    def __len__(self) -> int:
-        return self.length - self.start
-
-
 def loader_generator(seed: int) -> torch.Generator:
     """A DataLoader's own generator: each new iterator draws a worker seed from it, never from the global RNG a checkpoint
     restores (PatchDataset ignores worker seeds, so this changes no patch)."""

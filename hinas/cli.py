@@ -1,4 +1,4 @@
-"""``hinas demo | search | retrain | evaluate | show``: a thin command line over the Python API.
+"""``hinas demo | search | retrain | evaluate | show | prepare | report | aggregate``: a thin command line over the Python API.
 
 Settings resolve as defaults <- ``--preset`` <- ``--config FILE`` <- ``--set key=value``
 and are validated in full before any work starts.
@@ -21,7 +21,7 @@ SHORTCUTS = {"retrain": ("genotype", "genotype file or search run directory"),
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hinas", description=__doc__.split("\n")[0], allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,retrain,evaluate,show,prepare,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,retrain,evaluate,show,prepare,report,aggregate}")
     demo = sub.add_parser("demo", help="the main job on the embedded photos: search, draw, retrain, evaluate", allow_abbrev=False)
     demo.add_argument("--preset", choices=["cpu-demo", "smoke"], default="cpu-demo", help="cpu-demo (~12 min) or smoke (seconds)")
     demo.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default: %(default)s)")
@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", help="the pipeline's run folder")
     rep.add_argument("--json", required=True, help="flat metrics file to write")
     rep.add_argument("--markdown", required=True, help="Markdown table to write")
+    agg = sub.add_parser("aggregate", help="mean and spread of the metrics of repeated runs (seeds), and whether their genotypes agree",
+                         allow_abbrev=False)
+    agg.add_argument("runs", nargs="+", help="run directories or metrics JSON files")
+    agg.add_argument("--json", help="summary file to write")
+    agg.add_argument("--markdown", help="Markdown table to write")
     show = sub.add_parser("show", help="print a genotype and draw it (SVG and PNG)", allow_abbrev=False)
     show.add_argument("genotype", help="genotype.json or a run directory holding one")
     show.add_argument("--filters", type=int, help="filter multiplier for the parameter count (default: the genotype's)")
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             return _show(args)
         if args.command == "demo":
             return _demo(args)
-        if args.command in ("prepare", "report"):
+        if args.command in ("prepare", "report", "aggregate"):
             return _pipeline(args)
         cls = COMMANDS[args.command]
         overrides = list(args.overrides)
@@ -101,15 +106,21 @@ def main(argv: list[str] | None = None) -> int:
         progress = not args.quiet
         again = {"resume": bool(resume), "force": args.force} if args.command in RESUMABLE else {}
         if args.command == "search":
+            from .distributed import is_main_process
             from .search import search
 
             result = search(cfg, args.out, overwrite=args.overwrite, progress=progress, **again)
+            if not is_main_process():
+                return 0
             print(describe(result.genotype))
             print(f"genotype: {result.run_dir / 'genotype.json'} (epoch {result.best_epoch}); drawing: {result.run_dir / 'genotype.svg'}")
         elif args.command == "retrain":
+            from .distributed import is_main_process
             from .train import retrain
 
             m = retrain(cfg, args.out, overwrite=args.overwrite, progress=progress, **again)
+            if not is_main_process():
+                return 0
             print(f"best validation PSNR {m['val_psnr']:.2f} dB (input {m['input_psnr']:.2f} dB) at iteration "
                   f"{m['best_iteration']}; {m['params_m']:.3f} M parameters; model: {Path(args.out) / 'best.pt'}")
         else:
@@ -142,6 +153,12 @@ def _pipeline(args: argparse.Namespace) -> int:
         manifest = pipeline.prepare(list(section.get("fetch", [])), list(section.get("sets", [])), section.get("root") or None, args.out)
         counts = ", ".join(f"{name}: {info['images']} images" for name, info in manifest["sets"].items())
         print(f"manifest: {args.out} ({counts})")
+    elif args.command == "aggregate":
+        from . import aggregate
+
+        summary = aggregate.aggregate(args.runs)
+        aggregate.write(summary, args.json, args.markdown)
+        print(aggregate.markdown(summary), end="")
     else:
         flat = pipeline.report(args.runs, args.json, args.markdown)
         print(f"{len(flat)} metrics: {args.json}; table: {args.markdown}")

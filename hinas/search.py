@@ -19,11 +19,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import Checkpointer, OffsetSampler, Progress, StopSignals, loader_generator, restore_state, resume_state
+from . import distributed
+from .checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state, resume_state
 from .complexity import count_params
 from .data import PatchDataset, in_memory, load_images, split_images
 from .errors import CollapseError, ConfigError, NonFiniteError, RenderError
-from .evaluate import check_measurable, evaluate_model
+from .evaluate import check_measurable
 from .genotype import Genotype
 from .guard import checked_step
 from .losses import restoration_loss, search_lr
@@ -60,8 +61,8 @@ def collapse_indicators(model: Supernet, genotype: Genotype) -> dict[str, int]:
     }
 
 
-def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs) -> tuple[DataLoader, DataLoader, OffsetSampler]:
-    """The weight and arch loaders, sharing one sampler so both resume at the same index."""
+def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs, ctx: distributed.Context) -> tuple[DataLoader, DataLoader, distributed.RankBatches]:
+    """The weight and arch loaders (this rank's share of each batch), sharing one sampler so both resume at the same index."""
     space = cfg.space
     length = max(len(weight_imgs), len(arch_imgs)) * cfg.patches_per_image
     if length < cfg.batch:
@@ -70,12 +71,12 @@ def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs) -> tuple[DataLoader, Dat
             f"({len(weight_imgs)} weight / {len(arch_imgs)} arch images x patches_per_image {cfg.patches_per_image}); "
             "lower batch or raise patches_per_image"
         )
-    sampler = OffsetSampler(length)
+    sampler = ctx.batches(length, cfg.batch)
     loaders = []
     for i, imgs in enumerate((weight_imgs, arch_imgs)):
         ds = PatchDataset(imgs, cfg.patch, task=space.task, scale=space.scale, sigma=cfg.sigmas, length=length, seed=cfg.seed * 2 + i)
-        loaders.append(DataLoader(ds, batch_size=cfg.batch, sampler=sampler, drop_last=True, num_workers=cfg.workers,
-                                  pin_memory=torch.cuda.is_available(), generator=loader_generator(cfg.seed)))
+        loaders.append(DataLoader(ds, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
+                                  generator=loader_generator(cfg.seed)))
     return loaders[0], loaders[1], sampler
 
 
@@ -105,8 +106,10 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
     out = Path(out)
     check_run_dir(out, overwrite=overwrite, resume=resume)
     saved = resume_state(out, "search", cfg, force=force) if resume else None
+    ctx = distributed.init(pick_device(cfg.device))  # data-parallel under torchrun; a no-op context otherwise
+    progress = progress and ctx.is_main
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    device = ctx.device
     prepare_device(device)
     amp = amp_dtype(device, cfg.amp)
     space = cfg.space
@@ -114,9 +117,9 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
     weight_imgs, arch_imgs, val_imgs = split_images(images, cfg.val_images, cfg.seed)
     weight_imgs, arch_imgs, val_imgs = in_memory(weight_imgs), in_memory(arch_imgs), in_memory(val_imgs, cfg.val_crop)
     check_measurable(val_imgs, convention_for(space.task, space.scale))
-    w_loader, a_loader, sampler = _loaders(cfg, weight_imgs, arch_imgs)
+    w_loader, a_loader, sampler = _loaders(cfg, weight_imgs, arch_imgs, ctx)
 
-    model = Supernet(space).to(device)
+    model = ctx.replicate(Supernet(space).to(device))
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -127,7 +130,7 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
     optimizers = {"weights": w_opt, "arch": a_opt}
     resumed = restore_state(SearchProgress, saved, model, optimizers, scaler, out / CHECKPOINT) if saved else None
 
-    run = RunDir(out, cfg, overwrite=overwrite, resume=resumed is not None)
+    run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite, resume=resumed is not None)
     ckpt = Checkpointer(run, "search", cfg, model, optimizers, scaler)
     steps = len(w_loader)
     if resumed is not None:
@@ -144,7 +147,7 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
         y = y.to(device, non_blocking=True)
         with autocast(device, amp):
             pred = model(x)
-        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, cfg.loss_scale)
+        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, cfg.loss_scale, batch_mean=ctx.batch_mean)
 
     def train_epoch(state: SearchProgress, stop: StopSignals) -> None:
         """The remaining steps of ``state.epoch``; checkpoints on schedule, and on a signal before stopping."""
@@ -158,8 +161,10 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
                 for group in opt.param_groups:
                     group["lr"] = base * state.lr_scale
             if state.epoch >= cfg.arch_start:
-                state.a_losses.append(checked_step(loss_on(xa, ya), a_opt, scaler, arch, f"arch step at {state.position()}"))
-            state.w_losses.append(checked_step(loss_on(xw, yw), w_opt, scaler, weights, f"weight step at {state.position()}"))
+                state.a_losses.append(checked_step(loss_on(xa, ya), a_opt, scaler, arch, f"arch step at {state.position()}",
+                                                   sync=ctx.sync_grads))
+            state.w_losses.append(checked_step(loss_on(xw, yw), w_opt, scaler, weights, f"weight step at {state.position()}",
+                                               sync=ctx.sync_grads))
             state.step += 1
             bar.update()
             bar.set_postfix(epoch=state.epoch, loss=f"{state.w_losses[-1]:.4f}", refresh=False)
@@ -172,11 +177,12 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
         """Validate, derive, select; the collapse guard may end the search here."""
         epoch = state.epoch
         genotype = model.genotype(meta={"epoch": epoch})
-        val = evaluate_model(model, val_imgs, task=space.task, sigma=cfg.val_sigma, scale=space.scale if space.task == "sr" else None)
+        val = ctx.evaluate(model, val_imgs, task=space.task, sigma=cfg.val_sigma, scale=space.scale if space.task == "sr" else None)
         lr = search_lr(epoch - 1 + (steps - 1) / steps, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_cycle, cfg.lr_power) * state.lr_scale
+        w_losses, a_losses = ctx.average(state.w_losses), ctx.average(state.a_losses)
         record = {
-            "epoch": epoch, "lr": lr, "weight_loss": sum(state.w_losses) / len(state.w_losses),
-            "arch_loss": sum(state.a_losses) / len(state.a_losses) if state.a_losses else None,
+            "epoch": epoch, "lr": lr, "weight_loss": sum(w_losses) / len(w_losses),
+            "arch_loss": sum(a_losses) / len(a_losses) if a_losses else None,
             "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
             "score": score(val["psnr"], val["ssim"]),
             **collapse_indicators(model, genotype),
@@ -216,6 +222,7 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
         write_json(run / "history.json", state.history)
         _draw(run, chosen, model)
         picked = state.history[best_epoch - 1]
+        ctx.check_replicas(run / "replicas.json", model, genotype=chosen.to_dict(), best_epoch=best_epoch)
         metrics = {
             "best_epoch": best_epoch, "val_psnr": picked["val_psnr"], "val_ssim": picked["val_ssim"], "score": picked["score"],
             "skip_ops": picked["skip_ops"], "epochs": cfg.epochs, "epochs_run": len(state.history),

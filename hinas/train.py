@@ -11,11 +11,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import Checkpointer, OffsetSampler, Progress, StopSignals, loader_generator, restore_state, resume_state
+from . import distributed
+from .checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state, resume_state
 from .complexity import count_flops, count_params
 from .data import PatchDataset, in_memory, load_images, split_images
 from .errors import ConfigError, NonFiniteError
-from .evaluate import check_measurable, evaluate_model
+from .evaluate import check_measurable
 from .genotype import Genotype
 from .guard import checked_step
 from .losses import poly_lr, restoration_loss
@@ -61,8 +62,10 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
     check_run_dir(out, overwrite=overwrite, resume=resume)
     saved = resume_state(out, "retrain", cfg, force=force) if resume else None
     genotype = resolve_genotype(cfg)
+    ctx = distributed.init(pick_device(cfg.device))  # data-parallel under torchrun; a no-op context otherwise
+    progress = progress and ctx.is_main
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    device = ctx.device
     prepare_device(device)
     amp = amp_dtype(device, cfg.amp)
     space = genotype.space
@@ -78,11 +81,11 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
     check_measurable(val_imgs, convention_for(space.task, space.scale))
     dataset = PatchDataset(train_imgs, cfg.patch, task=space.task, scale=space.scale, sigma=(cfg.sigma,),
                            rescale=None if sr or not cfg.rescale else tuple(cfg.rescale), length=cfg.iterations * cfg.batch, seed=cfg.seed)
-    sampler = OffsetSampler(len(dataset))
-    loader = DataLoader(dataset, batch_size=cfg.batch, sampler=sampler, num_workers=cfg.workers, pin_memory=device.type == "cuda",
+    sampler = ctx.batches(len(dataset), cfg.batch)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=device.type == "cuda",
                         generator=loader_generator(cfg.seed))
 
-    model = Network(genotype, cfg.filters).to(device)
+    model = ctx.replicate(Network(genotype, cfg.filters).to(device))
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -93,7 +96,7 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
 
     resumed = restore_state(TrainProgress, saved, model, {"weights": opt}, scaler, out / CHECKPOINT) if saved else None
 
-    run = RunDir(out, cfg, overwrite=overwrite, resume=resumed is not None)
+    run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite, resume=resumed is not None)
     genotype.save(run / "genotype.json")
     ckpt = Checkpointer(run, "retrain", cfg, model, {"weights": opt}, scaler)
     if resumed is not None:
@@ -106,8 +109,9 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
 
     def validate(state: TrainProgress) -> None:
         it = state.iteration
-        val = evaluate_model(model, val_imgs, **val_kw)
-        record = {"iteration": it, "train_loss": sum(state.losses) / len(state.losses), "lr": opt.param_groups[0]["lr"],
+        val = ctx.evaluate(model, val_imgs, **val_kw)
+        losses = ctx.average(state.losses)
+        record = {"iteration": it, "train_loss": sum(losses) / len(losses), "lr": opt.param_groups[0]["lr"],
                   "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
                   "score": score(val["psnr"], val["ssim"]), "seconds": ckpt.seconds()}
         state.losses = []
@@ -129,8 +133,9 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
             y = y.to(device, non_blocking=True)
             with autocast(device, amp):
                 pred = model(x)
-            loss = restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight)
-            state.losses.append(checked_step(loss, opt, scaler, params, f"step at {state.position()}", clip=cfg.grad_clip))
+            loss = restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, batch_mean=ctx.batch_mean)
+            state.losses.append(checked_step(loss, opt, scaler, params, f"step at {state.position()}", clip=cfg.grad_clip,
+                                             sync=ctx.sync_grads))
             state.iteration += 1
             bar.update()
             it = state.iteration
@@ -151,6 +156,7 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
                 except NonFiniteError as fault:
                     state = ckpt.rollback(state, fault)
         best = state.best
+        ctx.check_replicas(run / "replicas.json", model, best_iteration=best["iteration"])
         write_json(run / "history.json", state.history)
         metrics = {
             "task": space.task, "sigma": val_kw["sigma"], "scale": val_kw["scale"], "filters": cfg.filters,
