@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Sampler
 
 from .config import to_dict
 from .errors import CheckpointError, Interrupted, NonFiniteError
