@@ -5,7 +5,8 @@ from the architecture split, then one SGD step on the weights with a batch from
 the weight split (the authors' order). After every epoch the genotype is
 derived and the supernet is validated; from ``select_from`` on, the genotype
 with the best score SSIM + PSNR/100 is kept, which stops collapse into
-parameter-free cells from winning late in the search.
+parameter-free cells from winning late in the search. The loop's complete state
+is checkpointed (:mod:`hinas.checkpoint`), so an interrupted search resumes exactly.
 """
 
 from __future__ import annotations
