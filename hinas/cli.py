@@ -1,4 +1,4 @@
-"""``hinas demo | search | retrain | evaluate | show | prepare | report | aggregate``: a thin command line over the Python API.
+"""``hinas demo | search | retrain | evaluate | restore | show | prepare | report | aggregate``: a thin command line over the Python API.
 
 Settings resolve as defaults <- ``--preset`` <- ``--config FILE`` <- ``--set key=value``
 and are validated in full before any work starts.
@@ -15,13 +15,14 @@ from .settings import PRESETS, EvalConfig, SearchConfig, TrainConfig, resolve
 
 COMMANDS = {"search": SearchConfig, "retrain": TrainConfig, "evaluate": EvalConfig}
 RESUMABLE = ("search", "retrain")
+RUNNERS = ["torch", "compile", "onnxruntime", "training"]
 SHORTCUTS = {"retrain": ("genotype", "genotype file or search run directory"),
              "evaluate": ("model", "retrain run directory, checkpoint, or a baseline: noisy, bicubic")}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hinas", description=__doc__.split("\n")[0], allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,retrain,evaluate,show,prepare,report,aggregate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,retrain,evaluate,restore,show,prepare,report,aggregate}")
     demo = sub.add_parser("demo", help="the main job on the embedded photos: search, draw, retrain, evaluate", allow_abbrev=False)
     demo.add_argument("--preset", choices=["cpu-demo", "smoke"], default="cpu-demo", help="cpu-demo (~12 min) or smoke (seconds)")
     demo.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default: %(default)s)")
@@ -43,6 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
         if name in SHORTCUTS:
             key, text = SHORTCUTS[name]
             p.add_argument(f"--{key}", help=f"{text} (same as --set {key}=...)")
+        if name == "evaluate":
+            p.add_argument("--backend", choices=RUNNERS, help="how a trained network runs: its inference form in eager PyTorch "
+                           "(torch, the default), torch.compile or ONNX Runtime, or as trained (same as --set backend=...)")
+    res = sub.add_parser("restore", help="restore a folder of degraded images (noisy, or low-resolution for SR) with a trained network",
+                         allow_abbrev=False)
+    res.add_argument("model", help="retrain run directory (holding best.pt) or a checkpoint")
+    res.add_argument("input", help="folder of degraded images (PNG, JPEG, BMP, TIFF; searched recursively)")
+    res.add_argument("output", help="folder for the restored PNGs (same relative names)")
+    res.add_argument("--tile", type=int, default=0, help="restore in overlapping tiles of this side to bound memory (0: whole images)")
+    res.add_argument("--overlap", type=int, default=16, help="tile overlap in pixels (default: %(default)s)")
+    res.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    res.add_argument("--backend", choices=RUNNERS, default="torch", help="as for evaluate (default: %(default)s)")
+    res.add_argument("--overwrite", action="store_true", help="replace restored images already in the output folder")
+    res.add_argument("--quiet", action="store_true", help="no progress bar")
     prep = sub.add_parser("prepare", help="fetch data sources and write a manifest of the sets a pipeline reads", allow_abbrev=False)
     prep.add_argument("--config", metavar="FILE[:SECTION]", required=True, help="mapping with 'fetch' (sources) and 'sets'")
     prep.add_argument("--out", metavar="MANIFEST", required=True)
@@ -90,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args)
         if args.command in ("prepare", "report", "aggregate"):
             return _pipeline(args)
+        if args.command == "restore":
+            return _restore(args)
         cls = COMMANDS[args.command]
         overrides = list(args.overrides)
         if args.command in SHORTCUTS and getattr(args, SHORTCUTS[args.command][0]):
             key = SHORTCUTS[args.command][0]
             overrides.append(f"{key}={getattr(args, key)}")
+        if args.command == "evaluate" and args.backend:
+            overrides.append(f"backend={args.backend}")
         resume = getattr(args, "resume", None)
         if resume and args.out and Path(args.out) != Path(resume):
             raise ConfigError(f"--resume {resume} continues the run in place; drop --out {args.out}")
@@ -125,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{m['best_iteration']}; {m['params_m']:.3f} M parameters; model: {Path(args.out) / 'best.pt'}")
         else:
             from .evaluate import evaluate_run
+            from .inference import keep_freed_memory
 
+            keep_freed_memory()
             m = evaluate_run(cfg, args.out, overwrite=args.overwrite, progress=progress)
             for r in m["results"]:
                 level = f"sigma {r['sigma']:g}" if r["task"] == "denoise" else f"x{r['scale']}"
@@ -162,6 +183,17 @@ def _pipeline(args: argparse.Namespace) -> int:
     else:
         flat = pipeline.report(args.runs, args.json, args.markdown)
         print(f"{len(flat)} metrics: {args.json}; table: {args.markdown}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from .apply import restore_folder
+    from .inference import keep_freed_memory
+
+    keep_freed_memory()
+    written = restore_folder(args.model, args.input, args.output, tile=args.tile, overlap=args.overlap, device=args.device,
+                             backend=args.backend, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"restored {len(written)} images into {args.output}")
     return 0
 
 

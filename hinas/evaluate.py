@@ -108,8 +108,8 @@ def _input_channels(model: nn.Module) -> int | None:
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    tensor = next(model.parameters(), next(model.buffers(), None))  # inference forms hold buffers only
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def evaluate_model(
@@ -169,16 +169,23 @@ def evaluate_model(
     }
 
 
-def load_for_eval(cfg: "EvalConfig") -> tuple[nn.Module, str, list[int], int | None]:
-    """(model, task, scales to run, input channels) for a baseline name or a trained run/checkpoint."""
+def load_for_eval(cfg: "EvalConfig", device: torch.device | None = None) -> tuple[nn.Module, str, list[int], int | None]:
+    """(model on ``device``, task, scales to run, input channels) for a baseline name or a trained run/checkpoint.
+
+    A trained network comes in the form ``cfg.backend`` names (its fast inference form unless ``training``).
+    """
+    from .inference import InferenceModel
     from .network import load_model
 
+    device = device or torch.device("cpu")
     if cfg.model in ("noisy", "bicubic"):
         task = cfg.task or ("denoise" if cfg.model == "noisy" else "sr")
         return baseline(cfg.model, task, 1), task, list(cfg.scales), None
     path = Path(cfg.model)
-    model = load_model(path / "best.pt" if path.is_dir() else path)
+    model = load_model(path / "best.pt" if path.is_dir() else path).to(device).eval()
     space = model.genotype.space
+    if cfg.backend != "training":
+        model = InferenceModel(model, cfg.backend)
     return model, space.task, [space.scale], space.in_channels
 
 
@@ -190,9 +197,8 @@ def evaluate_run(cfg: "EvalConfig", out: str | Path, *, overwrite: bool = False,
     from .runtime import RunDir, atomic_write_bytes, check_run_dir, pick_device, write_json
 
     check_run_dir(Path(out), overwrite=overwrite)
-    model, task, scales, channels = load_for_eval(cfg)
+    model, task, scales, channels = load_for_eval(cfg, pick_device(cfg.device))
     image_sets = {name: load_images(name, cfg.data_root or None, channels=channels) for name in cfg.sets}
-    model = model.to(pick_device(cfg.device))
     run = RunDir(out, cfg, overwrite=overwrite)
     results, rows = [], []
     try:

@@ -157,6 +157,9 @@ class EvalConfig:
     """Restore in tiles of this side (0: whole image at once) to bound memory."""
     tile_overlap: int = 16
     device: Device = "auto"
+    backend: Literal["torch", "compile", "onnxruntime", "training"] = "torch"
+    """How a trained network runs: its inference form (``hinas.inference``) in eager PyTorch, through
+    ``torch.compile`` or ONNX Runtime, or ``training``, the network as trained (eval mode)."""
 
     def __post_init__(self) -> None:
         _non_negative(self, "tile", "tile_overlap")
