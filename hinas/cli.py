@@ -20,7 +20,8 @@ SHORTCUTS = {"retrain": ("genotype", "genotype file or search run directory"),
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hinas", description=__doc__.split("\n")[0], allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,retrain,evaluate,show,prepare,report,aggregate}")
+    commands = "{demo,search,retrain,evaluate,show,prepare,report,aggregate}"
+    sub = parser.add_subparsers(dest="command", required=True, metavar=commands)
     demo = sub.add_parser("demo", help="the main job on the embedded photos: search, draw, retrain, evaluate", allow_abbrev=False)
     demo.add_argument("--preset", choices=["cpu-demo", "smoke"], default="cpu-demo", help="cpu-demo (~12 min) or smoke (seconds)")
     demo.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default: %(default)s)")
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", help="the pipeline's run folder")
     rep.add_argument("--json", required=True, help="flat metrics file to write")
     rep.add_argument("--markdown", required=True, help="Markdown table to write")
-    agg = sub.add_parser("aggregate", help="mean and spread of the metrics of repeated runs (seeds), and whether their genotypes agree",
+    agg = sub.add_parser("aggregate", help="mean and spread of repeated runs' metrics (seeds); do their genotypes agree",
                          allow_abbrev=False)
     agg.add_argument("runs", nargs="+", help="run directories or metrics JSON files")
     agg.add_argument("--json", help="summary file to write")

@@ -68,7 +68,8 @@ def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs, ctx: distributed.Context
     loaders = []
     for i, imgs in enumerate((weight_imgs, arch_imgs)):
         ds = PatchDataset(imgs, cfg.patch, task=space.task, scale=space.scale, sigma=cfg.sigmas, length=length, seed=cfg.seed * 2 + i)
-        loaders.append(DataLoader(ds, batch_sampler=ctx.batches(length, cfg.batch), num_workers=cfg.workers, pin_memory=torch.cuda.is_available()))
+        batches = ctx.batches(length, cfg.batch)
+        loaders.append(DataLoader(ds, batch_sampler=batches, num_workers=cfg.workers, pin_memory=torch.cuda.is_available()))
     return loaders[0], loaders[1]
 
 
@@ -98,7 +99,7 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, progr
         y = y.to(device, non_blocking=True)
         with autocast(device, amp):
             pred = model(x)
-        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, cfg.loss_scale, ctx.batch_mean)
+        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, cfg.loss_scale, batch_mean=ctx.batch_mean)
 
     steps = len(w_loader)
     run.log(event="start", device=str(device), amp=str(amp), images={"weights": len(weight_imgs), "arch": len(arch_imgs),

@@ -54,7 +54,8 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progr
     train_imgs, val_imgs = in_memory(train_imgs), in_memory(val_imgs, cfg.val_crop)
     dataset = PatchDataset(train_imgs, cfg.patch, task=space.task, scale=space.scale, sigma=(cfg.sigma,),
                            rescale=None if sr or not cfg.rescale else tuple(cfg.rescale), length=cfg.iterations * cfg.batch, seed=cfg.seed)
-    loader = DataLoader(dataset, batch_sampler=ctx.batches(len(dataset), cfg.batch), num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    batches = ctx.batches(len(dataset), cfg.batch)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.workers, pin_memory=device.type == "cuda")
 
     model = ctx.replicate(Network(genotype, cfg.filters).to(device))
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
