@@ -18,12 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
 from .fold import FusedConv, PreAct, compose_pointwise, compose_separable, fold_sequential
 from .layers import ASPP, Decoder
-from .errors import ConfigError
 from .network import Cell, Network
 from .ops import NEGATIVE_SLOPE, Zero
-
 
 Separable = Literal["keep", "dense"]
 
