@@ -3,6 +3,7 @@
 from .complexity import count_flops, count_params
 from .errors import ConfigError, GenotypeError, HinasError, RenderError
 from .genotype import Genotype, derive
+from .inference import InferenceModel
 from .network import Network
 from .ops import HINAS_OPS, register_op
 from .plots import plot_alphas, plot_betas
@@ -18,6 +19,7 @@ __all__ = [
     "GenotypeError",
     "HINAS_OPS",
     "HinasError",
+    "InferenceModel",
     "Network",
     "PRESETS",
     "RenderError",

@@ -78,6 +78,16 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return h, w
 
 
+def image_channels(path: str | Path) -> int:
+    """1 (gray) or 3 (colour) as :func:`load_image` would decode the file, from its header."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+    except _READ_ERRORS as e:
+        raise DataError(f"cannot read image {path}: {e}; expected a PNG, JPEG, BMP or TIFF file") from e
+    return 1 if mode in _GRAY or mode in _SIXTEEN_BIT or mode == "F" else 3
+
+
 @dataclass(frozen=True)
 class ImageSet(Sequence[tuple[str, torch.Tensor]]):
     """A named, ordered list of image files, decoded on access so large sets never sit in memory.

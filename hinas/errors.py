@@ -21,3 +21,27 @@ class RenderError(HinasError, RuntimeError):
 
 class DataError(HinasError, ValueError):
     """An image or data set is missing, unreadable, too small or incomplete."""
+
+
+class OutputError(HinasError, OSError):
+    """The run directory cannot be written: read-only, full, or not a folder."""
+
+
+class CheckpointError(HinasError, ValueError):
+    """A checkpoint cannot be resumed: unreadable, hostile, foreign, or written with other settings or code."""
+
+
+class NonFiniteError(HinasError, FloatingPointError):
+    """A loss or gradient became NaN or infinite; raised before the optimiser could apply it."""
+
+
+class CollapseError(HinasError, RuntimeError):
+    """The search collapsed into skip connections before any genotype could be kept."""
+
+
+class Interrupted(HinasError):
+    """SIGINT or SIGTERM stopped a run after its checkpoint was written; ``signal`` is the signal number."""
+
+    def __init__(self, message: str, signal: int) -> None:
+        super().__init__(message)
+        self.signal = signal

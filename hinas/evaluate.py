@@ -8,6 +8,7 @@ hinas scores its own.
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -16,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .degrade import bicubic_up, seeded_noisy, sr_pair
-from .errors import ConfigError
+from .errors import ConfigError, DataError, HinasError
 from .metrics import Convention, convention_for, measure
 
 if TYPE_CHECKING:
@@ -90,9 +91,25 @@ def restore(model: nn.Module, x: torch.Tensor, scale: int = 1, tile: int = 0, ov
     return out / weight
 
 
+def check_measurable(images: Images, convention: Convention) -> None:
+    """Refuse, by name, an image too small for SSIM's window once mod-cropped and shaved (before a run, not during it)."""
+    need = convention.ssim_window + 2 * convention.shave
+    for name, img in images:
+        h, w = img.shape[-2:]
+        if min(h, w) // convention.scale * convention.scale - 2 * convention.shave < convention.ssim_window:
+            raise DataError(f"image {name} is {h}x{w}, too small to measure: SSIM needs {need}x{need} pixels "
+                            f"after mod-crop to x{convention.scale}")
+
+
+def _input_channels(model: nn.Module) -> int | None:
+    """Channels a hinas network or supernet takes (from its search space); None for other modules."""
+    space = getattr(getattr(model, "genotype", None), "space", None) or getattr(model, "space", None)
+    return getattr(space, "in_channels", None)
+
+
 def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    tensor = next(model.parameters(), next(model.buffers(), None))  # inference forms hold buffers only
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def evaluate_model(
@@ -117,10 +134,17 @@ def evaluate_model(
     """
     convention: Convention = convention_for(task, scale or 1)
     device = _device_of(model)
+    channels = _input_channels(model)
     was_training = model.training
     model.eval()
     rows = []
     for name, clean in tqdm(list(dataset), desc="evaluate", disable=not progress, leave=False):
+        if channels is not None and clean.shape[0] != channels:
+            model.train(was_training)
+            kind = "gray" if channels == 1 else "colour"
+            raise DataError(f"image {name} has {clean.shape[0]} channel(s) but the model takes {channels} ({kind}); "
+                            f"load the set with channels={channels} (load_images(..., channels={channels})) to convert it")
+        check_measurable([(name, clean)], convention)
         degraded, target = degrade(name, clean, task, sigma, scale)
         restored = restore(model, degraded.unsqueeze(0).to(device), scale or 1, tile, overlap)[0].float().cpu()
         reference = degraded if task == "denoise" else bicubic_up(degraded, scale)
@@ -145,16 +169,23 @@ def evaluate_model(
     }
 
 
-def load_for_eval(cfg: "EvalConfig") -> tuple[nn.Module, str, list[int], int | None]:
-    """(model, task, scales to run, input channels) for a baseline name or a trained run/checkpoint."""
+def load_for_eval(cfg: "EvalConfig", device: torch.device | None = None) -> tuple[nn.Module, str, list[int], int | None]:
+    """(model on ``device``, task, scales to run, input channels) for a baseline name or a trained run/checkpoint.
+
+    A trained network comes in the form ``cfg.backend`` names (its fast inference form unless ``training``).
+    """
+    from .inference import InferenceModel
     from .network import load_model
 
+    device = device or torch.device("cpu")
     if cfg.model in ("noisy", "bicubic"):
         task = cfg.task or ("denoise" if cfg.model == "noisy" else "sr")
         return baseline(cfg.model, task, 1), task, list(cfg.scales), None
     path = Path(cfg.model)
-    model = load_model(path / "best.pt" if path.is_dir() else path)
+    model = load_model(path / "best.pt" if path.is_dir() else path).to(device).eval()
     space = model.genotype.space
+    if cfg.backend != "training":
+        model = InferenceModel(model, cfg.backend)
     return model, space.task, [space.scale], space.in_channels
 
 
@@ -163,29 +194,34 @@ def evaluate_run(cfg: "EvalConfig", out: str | Path, *, overwrite: bool = False,
     import csv
 
     from .data import load_images
-    from .runtime import RunDir, pick_device, write_json
+    from .runtime import RunDir, atomic_write_bytes, check_run_dir, pick_device, write_json
 
-    model, task, scales, channels = load_for_eval(cfg)
+    check_run_dir(Path(out), overwrite=overwrite)
+    model, task, scales, channels = load_for_eval(cfg, pick_device(cfg.device))
+    image_sets = {name: load_images(name, cfg.data_root or None, channels=channels) for name in cfg.sets}
     run = RunDir(out, cfg, overwrite=overwrite)
-    model = model.to(pick_device(cfg.device))
     results, rows = [], []
-    for set_name in cfg.sets:
-        images = load_images(set_name, cfg.data_root or None, channels=channels)
-        for level in cfg.sigmas if task == "denoise" else scales:
-            sigma, scale = (level, None) if task == "denoise" else (None, int(level))
-            if isinstance(model, Bicubic):
-                model.scale = scale
-            save_dir = run / "images" / Path(set_name).name / (f"sigma{level:g}" if sigma is not None else f"x{scale}")
-            res = evaluate_model(model, images, task=task, sigma=sigma, scale=scale, tile=cfg.tile, overlap=cfg.tile_overlap,
-                                 save_dir=save_dir if cfg.save_images else None, progress=progress)
-            summary = {k: res[k] for k in ("task", "sigma", "scale", "images", "psnr", "ssim", "input_psnr", "input_ssim")}
-            results.append({"set": set_name, **summary})
-            rows += [{"set": set_name, "sigma": sigma, "scale": scale, **r} for r in res["per_image"]]
-            run.log(event="result", set=set_name, **summary)
-    with open(run / "per_image.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    try:
+        for set_name, images in image_sets.items():
+            for level in cfg.sigmas if task == "denoise" else scales:
+                sigma, scale = (level, None) if task == "denoise" else (None, int(level))
+                if isinstance(model, Bicubic):
+                    model.scale = scale
+                save_dir = run / "images" / Path(set_name).name / (f"sigma{level:g}" if sigma is not None else f"x{scale}")
+                res = evaluate_model(model, images, task=task, sigma=sigma, scale=scale, tile=cfg.tile, overlap=cfg.tile_overlap,
+                                     save_dir=save_dir if cfg.save_images else None, progress=progress)
+                summary = {k: res[k] for k in ("task", "sigma", "scale", "images", "psnr", "ssim", "input_psnr", "input_ssim")}
+                results.append({"set": set_name, **summary})
+                rows += [{"set": set_name, "sigma": sigma, "scale": scale, **r} for r in res["per_image"]]
+                run.log(event="result", set=set_name, **summary)
+    except HinasError:  # e.g. an image that fails to decode half-way: leave nothing partial behind
+        run.discard()
+        raise
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(run / "per_image.csv", text.getvalue().encode())
     metrics = {"model": cfg.model, "results": results, "convention": res["convention"]}
     write_json(run / "metrics.json", metrics)
     run.close()

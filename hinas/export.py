@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .network import Network
+
+if TYPE_CHECKING:
+    from .inference import FastNetwork
 
 
 def export_onnx(model: Network, path: str | Path, size: tuple[int, int] = (64, 64), opset: int = 17) -> Path:
@@ -26,9 +32,35 @@ def export_onnx(model: Network, path: str | Path, size: tuple[int, int] = (64, 6
     axes = {0: "batch"} if space.task == "sr" else {0: "batch", 2: "height", 3: "width"}
     was_training = model.training
     model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's own deprecation notices
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["degraded"],
-                          output_names=["restored"], dynamic_axes={"degraded": axes, "restored": axes})
+    _export(model, x, str(path), axes, opset)
     model.train(was_training)
     return path
+
+
+class _Residual(nn.Module):
+    def __init__(self, fast: "FastNetwork") -> None:
+        super().__init__()
+        self.fast = fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fast.residual(x)
+
+
+def inference_onnx(fast: "FastNetwork", opset: int = 17) -> bytes:
+    """The inference form's residual predictor (output ``residual``) as ONNX bytes, for any batch and image size.
+
+    The residual step (subtract for denoising, add to the bicubic upscale after
+    pixel shuffle for SR) is left to the caller, so SR is not tied to one size.
+    """
+    x = torch.rand(1, fast.stem1.weight.shape[1], 32, 32, device=fast.stem1.weight.device)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    buffer = io.BytesIO()
+    _export(_Residual(fast), x, buffer, axes, opset, output="residual")
+    return buffer.getvalue()
+
+
+def _export(module: nn.Module, x: torch.Tensor, f, axes: dict[int, str], opset: int, output: str = "restored") -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation notices
+        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=opset, input_names=["degraded"],
+                          output_names=[output], dynamic_axes={"degraded": axes, output: axes})

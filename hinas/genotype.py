@@ -26,6 +26,8 @@ from .space import MOVES, SearchSpace
 SCHEMA = "hinas.genotype"
 SCHEMA_VERSION = 1
 INPUTS_PER_NODE = 2
+MAX_BYTES = 1 << 20
+"""Genotype files hold a few kilobytes; a larger file is refused before it is read."""
 
 Node = tuple[tuple[str, int], ...]
 """The (operation, input state) pairs a node sums; states are [s1, s0, node0, node1, ...]."""
@@ -108,6 +110,8 @@ class Genotype:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise GenotypeError(f"{source}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        except RecursionError:
+            raise GenotypeError(f"{source}: JSON nested too deeply to be a genotype") from None
         try:
             return cls.from_dict(data)
         except GenotypeError as err:
@@ -117,6 +121,8 @@ class Genotype:
     def load(cls, path: str | Path) -> "Genotype":
         path = Path(path)
         try:
+            if path.stat().st_size > MAX_BYTES:
+                raise GenotypeError(f"{path}: {path.stat().st_size} bytes is far too large for a genotype file (limit {MAX_BYTES})")
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise GenotypeError(f"{path}: cannot read genotype file ({err})") from None
@@ -251,6 +257,8 @@ def derive(space: SearchSpace, alpha_probs: torch.Tensor, beta_probs: torch.Tens
     the space's sharing mode; each layer's cell comes from the alpha that governs
     the level its path visits.
     """
+    if not (torch.isfinite(alpha_probs).all() and torch.isfinite(beta_probs).all()):
+        raise GenotypeError("alphas or betas are NaN or infinite: no genotype is derived from a diverged search")
     path = viterbi_path(space, beta_probs)
     la, ka = alpha_probs.shape[:2]
     cells = tuple(derive_cell(space, alpha_probs[l if la > 1 else 0, k if ka > 1 else 0]) for l, k in enumerate(path))

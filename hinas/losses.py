@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -10,11 +11,16 @@ import torch.nn.functional as F
 from .metrics import ssim_map
 
 
-def restoration_loss(pred: torch.Tensor, target: torch.Tensor, pixel: str, ssim_weight: float, scale: float = 1.0) -> torch.Tensor:
-    """``scale * (pixel_loss + ssim_weight * -log10 SSIM)``: the paper's search uses scale 0.5, retraining 1."""
+def restoration_loss(pred: torch.Tensor, target: torch.Tensor, pixel: str, ssim_weight: float, scale: float = 1.0,
+                     batch_mean: Callable[[torch.Tensor], torch.Tensor] = torch.mean) -> torch.Tensor:
+    """``scale * (pixel_loss + ssim_weight * -log10 SSIM)``: the paper's search uses scale 0.5, retraining 1.
+
+    ``batch_mean`` averages the SSIM map before the log; data-parallel runs pass a mean over every
+    rank's share of the batch (the log of a mean is not the mean of per-rank logs).
+    """
     base = F.mse_loss(pred, target) if pixel == "mse" else F.l1_loss(pred, target)
     if ssim_weight:
-        ssim = ssim_map(pred.float(), target.float()).mean().clamp_min(1e-4)
+        ssim = batch_mean(ssim_map(pred.float(), target.float())).clamp_min(1e-4)
         base = base - ssim_weight * torch.log10(ssim)
     return scale * base
 

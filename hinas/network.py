@@ -16,6 +16,7 @@ from .errors import GenotypeError
 from .genotype import CellGenotype, Genotype
 from .layers import STEM_CHANNELS, Decoder, Stem, scaler
 from .ops import build_op
+from .space import MAX_CHANNELS
 
 
 class Cell(nn.Module):
@@ -93,12 +94,20 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Ne
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or hostile files
-        raise GenotypeError(f"{path}: not a loadable hinas checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        raise GenotypeError(f"{path}: not a loadable hinas checkpoint ({type(err).__name__}: {_first_line(err)})") from None
     if not isinstance(state, dict) or state.get("format") != "hinas.network":
         raise GenotypeError(f"{path}: not a hinas network checkpoint (no 'format': 'hinas.network')")
-    model = Network(Genotype.from_dict(state["genotype"]), filters=state["filters"])
+    genotype = Genotype.from_dict(state.get("genotype"))
+    filters = state.get("filters")
+    if isinstance(filters, bool) or not isinstance(filters, int) or not 1 <= filters * max(genotype.space.widths) <= MAX_CHANNELS:
+        raise GenotypeError(f"{path}: 'filters' must be a positive integer within {MAX_CHANNELS} channels, got {filters!r}")
+    model = Network(genotype, filters=filters)
     try:
-        model.load_state_dict(state["state_dict"])
-    except RuntimeError as err:
-        raise GenotypeError(f"{path}: weights do not fit the genotype it names ({str(err).splitlines()[0]})") from None
+        model.load_state_dict(state.get("state_dict"))
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise GenotypeError(f"{path}: weights do not fit the genotype it names ({_first_line(err)})") from None
     return model
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -41,16 +41,21 @@ def prepare(sources: list[str], sets: list[str], data_root: str | None, out: str
     return manifest
 
 
+def flat_results(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Evaluation summary rows as ``{task}/{sigma or scale}/{set}/{psnr, ssim, input_psnr}`` numbers."""
+    flat = {}
+    for r in rows:
+        level = f"sigma{r['sigma']:g}" if r["task"] == "denoise" else f"x{r['scale']}"
+        for key in ("psnr", "ssim", "input_psnr"):
+            flat[f"{r['task']}/{level}/{r['set']}/{key}"] = r[key]
+    return flat
+
+
 def report(runs: str | Path, out_json: str | Path, out_md: str | Path) -> dict[str, Any]:
     """Collect every ``evaluate_*/*/metrics.json`` under ``runs`` into flat metrics and a Markdown table."""
     runs = Path(runs)
-    rows, flat = [], {}
-    for path in sorted(runs.glob("evaluate_*/*/metrics.json")):
-        for r in json.loads(path.read_text())["results"]:
-            level = f"sigma{r['sigma']:g}" if r["task"] == "denoise" else f"x{r['scale']}"
-            rows.append(r)
-            for key in ("psnr", "ssim", "input_psnr"):
-                flat[f"{r['task']}/{level}/{r['set']}/{key}"] = r[key]
+    rows = [r for path in sorted(runs.glob("evaluate_*/*/metrics.json")) for r in json.loads(path.read_text())["results"]]
+    flat = flat_results(rows)
     if not rows:
         raise FileNotFoundError(f"no evaluation metrics under {runs}/evaluate_*/")
     write_json(Path(out_json), flat)

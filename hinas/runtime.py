@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,12 @@ import numpy as np
 import torch
 
 from .config import to_dict
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 
 FINISHED = "metrics.json"
 """A run directory holding this file is finished; it is written last."""
+CHECKPOINT = "checkpoint.pt"
+"""A run directory holding this file but not ``FINISHED`` is an interrupted run that ``--resume`` continues."""
 
 
 def seed_everything(seed: int) -> None:
@@ -59,23 +63,42 @@ def prepare_device(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file, fsync and rename, so a crash leaves either the old file or the new one."""
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write via a temporary file, fsync and rename, so a crash leaves either the old file or the new one.
+
+    A failed write (full or read-only disk) removes its temporary file and raises
+    :class:`OutputError` naming the file; the previous version stays intact.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OutputError(f"cannot write {path}: {err.strerror or err}; check that the folder is writable and has free space") from err
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: without it a power cut can lose the new directory entry."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Serialise in memory first, so a failing disk surfaces as a plain OSError, not inside torch's zip writer."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -83,18 +106,40 @@ def write_json(path: Path, obj: Any) -> Path:
     return path
 
 
+def check_run_dir(path: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse to start over a finished or interrupted run, or to resume one that is finished; cheap, so it runs first."""
+    if overwrite and resume:
+        raise ConfigError("--resume continues a run and --overwrite starts it over; choose one")
+    if (path / FINISHED).exists() and not overwrite:
+        what = "nothing to resume" if resume else "choose another --out"
+        raise ConfigError(f"{path} already holds a finished run; {what} or pass --overwrite to start over")
+    if (path / CHECKPOINT).exists() and not (overwrite or resume):
+        raise ConfigError(f"{path} holds an interrupted run ({CHECKPOINT}); continue it with --resume {path} "
+                          "or pass --overwrite to start over")
+
+
 class RunDir:
-    """A run's folder: resolved config, ``log.jsonl``, checkpoints, results; ``metrics.json`` marks it finished."""
+    """A run's folder: resolved config, ``log.jsonl``, checkpoints, results; ``metrics.json`` marks it finished.
 
-    def __init__(self, path: str | Path, cfg: Any, *, overwrite: bool = False) -> None:
-        import yaml
+    ``overwrite`` first removes the files that mark a finished or interrupted run; ``resume`` keeps them and
+    appends to the log.
+    """
 
+    def __init__(self, path: str | Path, cfg: Any, *, overwrite: bool = False, resume: bool = False) -> None:
         self.path = Path(path)
-        if (self.path / FINISHED).exists() and not overwrite:
-            raise ConfigError(f"{self.path} already holds a finished run; choose another --out or pass --overwrite")
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
-        self._log = open(self.path / "log.jsonl", "a", buffering=1)
+        check_run_dir(self.path, overwrite=overwrite, resume=resume)
+        self.created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if overwrite:
+                for name in (FINISHED, CHECKPOINT):
+                    (self.path / name).unlink(missing_ok=True)
+            if not resume:  # a resumed run records its settings once its checkpoint has been restored
+                self.write_config(cfg)
+            self._log = open(self.path / "log.jsonl", "a" if resume else "w", buffering=1)
+        except OSError as err:
+            raise OutputError(f"cannot write the run directory {self.path}: {err.strerror or err}; "
+                              "choose a writable --out with free space") from err
         self._tb = None
         if getattr(cfg, "tensorboard", False):
             try:
@@ -103,9 +148,17 @@ class RunDir:
                 raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
             self._tb = SummaryWriter(str(self.path / "tensorboard"))
 
+    def write_config(self, cfg: Any) -> None:
+        import yaml
+
+        atomic_write_bytes(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+
     def log(self, **record: Any) -> None:
         """One JSON line; records with an epoch or iteration also go to TensorBoard (when on) as scalars."""
-        self._log.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        try:
+            self._log.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        except OSError as err:
+            raise OutputError(f"cannot write {self.path / 'log.jsonl'}: {err.strerror or err}") from err
         step = record.get("epoch", record.get("iteration"))
         if self._tb is not None and step is not None:
             for key, value in record.items():
@@ -113,9 +166,16 @@ class RunDir:
                     self._tb.add_scalar(f"{record.get('event', 'run')}/{key}", value, step)
 
     def close(self) -> None:
-        self._log.close()
+        with contextlib.suppress(OSError):  # a full disk has been reported already
+            self._log.close()
         if self._tb is not None:
             self._tb.close()
+
+    def discard(self) -> None:
+        """Remove a run this process created and that failed on bad input, so nothing partial is left behind."""
+        self.close()
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

@@ -5,13 +5,14 @@ from the architecture split, then one SGD step on the weights with a batch from
 the weight split (the authors' order). After every epoch the genotype is
 derived and the supernet is validated; from ``select_from`` on, the genotype
 with the best score SSIM + PSNR/100 is kept, which stops collapse into
-parameter-free cells from winning late in the search.
+parameter-free cells from winning late in the search. The loop's complete state
+is checkpointed (:mod:`hinas.checkpoint`), so an interrupted search resumes exactly.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,21 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed
+from .checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state, resume_state
 from .complexity import count_params
 from .data import PatchDataset, in_memory, load_images, split_images
-from .errors import ConfigError, RenderError
-from .evaluate import evaluate_model
+from .errors import CollapseError, ConfigError, NonFiniteError, RenderError
+from .evaluate import check_measurable
 from .genotype import Genotype
+from .guard import checked_step
 from .losses import restoration_loss, search_lr
+from .metrics import convention_for
 from .plots import plot_alphas, plot_betas
 from .render import draw_genotype
-from .runtime import RunDir, amp_dtype, atomic_torch_save, autocast, pick_device, prepare_device, seed_everything, write_json
+from .runtime import CHECKPOINT, RunDir, amp_dtype, autocast, check_run_dir, pick_device, prepare_device, seed_everything, write_json
 from .settings import SearchConfig
+from .space import SearchSpace
 from .supernet import Supernet
 
 
@@ -56,7 +62,8 @@ def collapse_indicators(model: Supernet, genotype: Genotype) -> dict[str, int]:
     }
 
 
-def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs) -> tuple[DataLoader, DataLoader]:
+def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs, ctx: distributed.Context) -> tuple[DataLoader, DataLoader, distributed.RankBatches]:
+    """The weight and arch loaders (this rank's share of each batch), sharing one sampler so both resume at the same index."""
     space = cfg.space
     length = max(len(weight_imgs), len(arch_imgs)) * cfg.patches_per_image
     if length < cfg.batch:
@@ -65,71 +72,115 @@ def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs) -> tuple[DataLoader, Dat
             f"({len(weight_imgs)} weight / {len(arch_imgs)} arch images x patches_per_image {cfg.patches_per_image}); "
             "lower batch or raise patches_per_image"
         )
+    sampler = ctx.batches(length, cfg.batch)
     loaders = []
     for i, imgs in enumerate((weight_imgs, arch_imgs)):
         ds = PatchDataset(imgs, cfg.patch, task=space.task, scale=space.scale, sigma=cfg.sigmas, length=length, seed=cfg.seed * 2 + i)
-        loaders.append(DataLoader(ds, batch_size=cfg.batch, drop_last=True, num_workers=cfg.workers, pin_memory=torch.cuda.is_available()))
-    return loaders[0], loaders[1]
+        loaders.append(DataLoader(ds, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
+                                  generator=loader_generator(cfg.seed)))
+    return loaders[0], loaders[1], sampler
 
 
-def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> SearchResult:
-    """Run a search into run directory ``out``; returns the selected genotype (also in ``out/genotype.json``)."""
-    run = RunDir(out, cfg, overwrite=overwrite)
+@dataclass
+class SearchProgress(Progress):
+    epoch: int = 1
+    step: int = 0
+    """Steps of ``epoch`` already taken."""
+    w_losses: list[float] = field(default_factory=list)
+    a_losses: list[float] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    """``epoch``, ``score`` and ``genotype`` (as JSON data) of the best epoch so far."""
+    stopped: str = ""
+    """Why the search stopped before its last epoch (collapse), if it did."""
+
+    def position(self) -> str:
+        return f"epoch {self.epoch} step {self.step}"
+
+
+def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False, force: bool = False,
+           progress: bool = True) -> SearchResult:
+    """Run a search into run directory ``out``; returns the selected genotype (also in ``out/genotype.json``).
+
+    ``resume`` continues the interrupted run in ``out`` exactly where its checkpoint left it; settings or code
+    that differ from the run's are refused unless ``force``. Every input is checked before ``out`` is touched.
+    """
+    out = Path(out)
+    check_run_dir(out, overwrite=overwrite, resume=resume)
+    saved = resume_state(out, "search", cfg, force=force) if resume else None
+    ctx = distributed.init(pick_device(cfg.device))  # data-parallel under torchrun; a no-op context otherwise
+    progress = progress and ctx.is_main
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    device = ctx.device
     prepare_device(device)
     amp = amp_dtype(device, cfg.amp)
     space = cfg.space
     images = load_images(cfg.data, cfg.data_root or None, channels=space.in_channels)
     weight_imgs, arch_imgs, val_imgs = split_images(images, cfg.val_images, cfg.seed)
     weight_imgs, arch_imgs, val_imgs = in_memory(weight_imgs), in_memory(arch_imgs), in_memory(val_imgs, cfg.val_crop)
-    w_loader, a_loader = _loaders(cfg, weight_imgs, arch_imgs)
+    check_measurable(val_imgs, convention_for(space.task, space.scale))
+    w_loader, a_loader, sampler = _loaders(cfg, weight_imgs, arch_imgs, ctx)
 
-    model = Supernet(space, impl=cfg.supernet, checkpoint=cfg.checkpoint_cells).to(device)
+    model = ctx.replicate(Supernet(space, impl=cfg.supernet, checkpoint=cfg.checkpoint_cells).to(device))
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    weights, arch = model.weight_parameters(), model.arch_parameters()
+
+    optimizers = {"weights": w_opt, "arch": a_opt}
+    resumed = restore_state(SearchProgress, saved, model, optimizers, scaler, out / CHECKPOINT) if saved else None
+
+    run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite, resume=resumed is not None)
+    ckpt = Checkpointer(run, "search", cfg, model, optimizers, scaler)
+    steps = len(w_loader)
+    if resumed is not None:
+        state = resumed
+        ckpt.resumed(state, saved)
+    else:
+        run.log(event="start", device=str(device), amp=str(amp), images={"weights": len(weight_imgs), "arch": len(arch_imgs),
+                "val": len(val_imgs)}, steps_per_epoch=steps, params=count_params(model))
+        state = SearchProgress()
+        ckpt.save(state)  # the first rollback target and resume point
 
     def loss_on(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True, memory_format=fmt)
         y = y.to(device, non_blocking=True)
         with autocast(device, amp):
             pred = model(x)
-        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, cfg.loss_scale)
+        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, cfg.loss_scale, batch_mean=ctx.batch_mean)
 
-    steps = len(w_loader)
-    run.log(event="start", device=str(device), amp=str(amp), images={"weights": len(weight_imgs), "arch": len(arch_imgs),
-            "val": len(val_imgs)}, steps_per_epoch=steps, params=count_params(model))
-    history: list[dict[str, Any]] = []
-    best: tuple[float, int, Genotype] | None = None
-    start = time.perf_counter()
-    bar = tqdm(total=cfg.epochs * steps, desc="search", disable=not progress, dynamic_ncols=True)
-    for epoch in range(1, cfg.epochs + 1):
+    def train_epoch(state: SearchProgress, stop: StopSignals) -> None:
+        """The remaining steps of ``state.epoch``; checkpoints on schedule, and on a signal before stopping."""
         model.train()
         for loader in (w_loader, a_loader):
-            loader.dataset.set_epoch(epoch)
-        w_losses, a_losses = [], []
-        for step, ((xw, yw), (xa, ya)) in enumerate(zip(w_loader, a_loader)):
-            lr = search_lr(epoch - 1 + step / steps, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_cycle, cfg.lr_power)
-            for group in w_opt.param_groups:
-                group["lr"] = lr
-            if epoch >= cfg.arch_start:
-                a_opt.zero_grad(set_to_none=True)
-                a_loss = loss_on(xa, ya)
-                a_loss.backward()
-                a_opt.step()
-                a_losses.append(a_loss.item())
-            w_opt.zero_grad(set_to_none=True)
-            w_loss = loss_on(xw, yw)
-            w_loss.backward()
-            w_opt.step()
-            w_losses.append(w_loss.item())
+            loader.dataset.set_epoch(state.epoch)
+        sampler.start = state.step * cfg.batch
+        for (xw, yw), (xa, ya) in zip(w_loader, a_loader):
+            lr = search_lr(state.epoch - 1 + state.step / steps, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_cycle, cfg.lr_power)
+            for opt, base in ((w_opt, lr), (a_opt, cfg.arch_lr)):
+                for group in opt.param_groups:
+                    group["lr"] = base * state.lr_scale
+            if state.epoch >= cfg.arch_start:
+                state.a_losses.append(checked_step(loss_on(xa, ya), a_opt, scaler, arch, f"arch step at {state.position()}",
+                                                   sync=ctx.sync_grads))
+            state.w_losses.append(checked_step(loss_on(xw, yw), w_opt, scaler, weights, f"weight step at {state.position()}",
+                                               sync=ctx.sync_grads))
+            state.step += 1
             bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{w_losses[-1]:.4f}", refresh=False)
+            bar.set_postfix(epoch=state.epoch, loss=f"{state.w_losses[-1]:.4f}", refresh=False)
+            if state.step < steps and (stop.received or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)):
+                ckpt.save(state)
+            if stop.received and state.step < steps:
+                raise ckpt.interrupted(state, stop.received)
 
+    def end_epoch(state: SearchProgress) -> None:
+        """Validate, derive, select; the collapse guard may end the search here."""
+        epoch = state.epoch
         genotype = model.genotype(meta={"epoch": epoch})
-        val = evaluate_model(model, val_imgs, task=space.task, sigma=cfg.val_sigma, scale=space.scale if space.task == "sr" else None)
+        val = ctx.evaluate(model, val_imgs, task=space.task, sigma=cfg.val_sigma, scale=space.scale if space.task == "sr" else None)
+        lr = search_lr(epoch - 1 + (steps - 1) / steps, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_cycle, cfg.lr_power) * state.lr_scale
+        w_losses, a_losses = ctx.average(state.w_losses), ctx.average(state.a_losses)
         record = {
             "epoch": epoch, "lr": lr, "weight_loss": sum(w_losses) / len(w_losses),
             "arch_loss": sum(a_losses) / len(a_losses) if a_losses else None,
@@ -138,38 +189,67 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, progr
             **collapse_indicators(model, genotype),
             "path": list(genotype.path), "cells": genotype.to_dict()["cells"],
             "alpha": model.alpha_probs().tolist(), "beta": model.beta_probs().tolist(),
-            "seconds": time.perf_counter() - start,
+            "seconds": ckpt.seconds(),
         }
-        history.append(record)
-        if epoch >= cfg.select_from and (best is None or record["score"] > best[0]):
-            best = (record["score"], epoch, genotype)
+        state.history.append(record)
+        limit = cfg.collapse_skip_limit
+        if limit and epoch >= cfg.arch_start and record["skip_ops"] >= limit:
+            state.stopped = f"collapse: {record['skip_ops']} skip ops at epoch {epoch} (collapse_skip_limit {limit})"
+        elif epoch >= cfg.select_from and (state.best is None or record["score"] > state.best["score"]):
+            state.best = {"epoch": epoch, "score": record["score"], "genotype": genotype.to_dict()}
             genotype.save(run / "genotype.json")
         run.log(event="epoch", **{k: v for k, v in record.items() if k not in ("alpha", "beta")})
+        if state.stopped:
+            run.log(event="stopped", reason=state.stopped)
         bar.set_postfix(epoch=epoch, loss=f"{record['weight_loss']:.4f}", val_psnr=f"{val['psnr']:.2f}")
-        atomic_torch_save(
-            {"epoch": epoch, "model": model.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-             "best_epoch": best[1] if best else None},
-            run / "checkpoint.pt",
-        )
-    bar.close()
+        state.epoch, state.step, state.w_losses, state.a_losses = epoch + 1, 0, [], []
 
-    if best is None:  # select_from lies beyond the last epoch: keep the final genotype, and say so
-        best = (history[-1]["score"], cfg.epochs, genotype)
-        genotype.save(run / "genotype.json")
-    _, best_epoch, chosen = best
-    write_json(run / "history.json", history)
-    _draw(run, chosen, model)
-    picked = history[best_epoch - 1]
-    metrics = {
-        "best_epoch": best_epoch, "val_psnr": picked["val_psnr"], "val_ssim": picked["val_ssim"], "score": picked["score"],
-        "skip_ops": picked["skip_ops"], "epochs": cfg.epochs, "steps": cfg.epochs * steps, "seconds": time.perf_counter() - start,
-        "device": str(device), "supernet_params": count_params(model), "genotype": chosen.to_dict(),
-        "convention": val["convention"],
-    }
-    write_json(run / "metrics.json", metrics)
-    run.log(event="end", best_epoch=best_epoch, seconds=metrics["seconds"])
-    run.close()
-    return SearchResult(chosen, best_epoch, history, run.path)
+    bar = tqdm(total=cfg.epochs * steps, initial=(state.epoch - 1) * steps + state.step, desc="search", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with StopSignals() as stop:
+            while state.epoch <= cfg.epochs and not state.stopped:
+                try:
+                    train_epoch(state, stop)
+                except NonFiniteError as fault:
+                    state = ckpt.rollback(state, fault)
+                    continue
+                end_epoch(state)
+                ckpt.save(state)
+                if stop.received and state.epoch <= cfg.epochs and not state.stopped:
+                    raise ckpt.interrupted(state, stop.received)
+        chosen, best_epoch = _select(state, space)
+        chosen.save(run / "genotype.json")
+        write_json(run / "history.json", state.history)
+        _draw(run, chosen, model)
+        picked = state.history[best_epoch - 1]
+        ctx.check_replicas(run / "replicas.json", model, genotype=chosen.to_dict(), best_epoch=best_epoch)
+        metrics = {
+            "best_epoch": best_epoch, "val_psnr": picked["val_psnr"], "val_ssim": picked["val_ssim"], "score": picked["score"],
+            "skip_ops": picked["skip_ops"], "epochs": cfg.epochs, "epochs_run": len(state.history),
+            "stopped_early": state.stopped or None, "rollbacks": state.rollbacks, "steps": len(state.history) * steps,
+            "seconds": ckpt.seconds(), "device": str(device), "supernet_params": count_params(model), "genotype": chosen.to_dict(),
+            "convention": dataclasses.asdict(convention_for(space.task, space.scale)),
+        }
+        write_json(run / "metrics.json", metrics)
+        run.log(event="end", best_epoch=best_epoch, seconds=metrics["seconds"])
+    finally:
+        bar.close()
+        run.close()
+    return SearchResult(chosen, best_epoch, state.history, run.path)
+
+
+def _select(state: SearchProgress, space: SearchSpace) -> tuple[Genotype, int]:
+    """The best epoch from ``select_from`` on; without one, the last epoch that did not collapse."""
+    if state.best is not None:
+        return Genotype.from_dict(state.best["genotype"]), state.best["epoch"]
+    kept = state.history[:-1] if state.stopped else state.history
+    if not kept:
+        raise CollapseError(f"{state.stopped}, before any genotype could be kept; lower arch_lr, start the "
+                            "architecture updates later (arch_start) or raise collapse_skip_limit")
+    last = kept[-1]
+    cells = [[[(e["op"], e["input"]) for e in node] for node in cell] for cell in last["cells"]]
+    return Genotype(space, tuple(last["path"]), cells, {"epoch": last["epoch"]}), last["epoch"]
 
 
 def _draw(run: RunDir, genotype: Genotype, model: Supernet) -> None:

@@ -17,6 +17,7 @@ import yaml
 from . import config
 from .errors import ConfigError
 from .space import PRESETS as SPACE_PRESETS
+from .space import SR_SCALES
 from .space import SearchSpace
 
 Device = str
@@ -68,10 +69,24 @@ class SearchConfig:
     workers: int = 0
     tensorboard: bool = False
     """Also write the logged scalars for TensorBoard (needs the tensorboard package)."""
+    checkpoint_every: int = 0
+    """Also checkpoint every this many steps inside an epoch (0: at epoch ends only). SIGINT and SIGTERM
+    checkpoint before stopping; ``hinas search --resume RUN_DIR`` continues bit for bit."""
+    on_nonfinite: Literal["rollback", "stop"] = "rollback"
+    """A NaN or infinite loss or gradient is never applied; then ``rollback`` returns to the last checkpoint with
+    every learning rate times ``rollback_lr_factor``, or ``stop`` ends the run with a report."""
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
+    """A fault after this many rollbacks stops the run."""
+    collapse_skip_limit: int = 0
+    """Stop the search once an epoch's genotype (from ``arch_start`` on) has this many skip (identity) ops,
+    and select among the earlier epochs: DARTS-style collapse. 0: never stop."""
 
     def __post_init__(self) -> None:
         _positive(self, "val_images", "patch", "patches_per_image", "batch", "epochs", "arch_start", "select_from", "lr_cycle")
-        _non_negative(self, "lr", "lr_min", "arch_lr", "weight_decay", "arch_weight_decay", "val_crop", "workers", "val_sigma")
+        _non_negative(self, "lr", "lr_min", "arch_lr", "weight_decay", "arch_weight_decay", "val_crop", "workers", "val_sigma",
+                      "checkpoint_every", "max_rollbacks", "collapse_skip_limit")
+        _fraction(self, "rollback_lr_factor")
         if any(s < 0 for s in self.sigmas) or not self.sigmas:
             raise ConfigError(f"search.sigmas: noise levels must be non-negative and at least one, got {list(self.sigmas)}")
 
@@ -109,10 +124,23 @@ class TrainConfig:
     amp: Amp = "auto"
     workers: int = 0
     tensorboard: bool = False
+    checkpoint_every: int = 0
+    """Also checkpoint every this many iterations (0: at validations only). SIGINT and SIGTERM checkpoint
+    before stopping; ``hinas retrain --resume RUN_DIR`` continues bit for bit."""
+    on_nonfinite: Literal["rollback", "stop"] = "rollback"
+    """A NaN or infinite loss or gradient is never applied; then ``rollback`` returns to the last checkpoint with
+    every learning rate times ``rollback_lr_factor``, or ``stop`` ends the run with a report."""
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
+    """A fault after this many rollbacks stops the run."""
 
     def __post_init__(self) -> None:
         _positive(self, "filters", "patch", "batch", "iterations", "val_every", "val_images")
-        _non_negative(self, "sigma", "lr", "weight_decay", "grad_clip", "val_crop", "workers", "scale")
+        _non_negative(self, "sigma", "lr", "weight_decay", "grad_clip", "val_crop", "workers", "scale", "checkpoint_every",
+                      "max_rollbacks")
+        _fraction(self, "rollback_lr_factor")
+        if self.scale not in (0, *SR_SCALES):
+            raise ConfigError(f"train.scale: {self.scale} is not valid; 0 keeps the genotype's, or choose one of {SR_SCALES}")
         if self.rescale and (len(self.rescale) != 2 or not 0 < self.rescale[0] <= self.rescale[1]):
             raise ConfigError(f"train.rescale: expected [low, high] with 0 < low <= high, or [], got {list(self.rescale)}")
 
@@ -133,11 +161,20 @@ class EvalConfig:
     """Restore in tiles of this side (0: whole image at once) to bound memory."""
     tile_overlap: int = 16
     device: Device = "auto"
+    backend: Literal["torch", "compile", "onnxruntime", "training"] = "torch"
+    """How a trained network runs: its inference form (``hinas.inference``) in eager PyTorch, through
+    ``torch.compile`` or ONNX Runtime, or ``training``, the network as trained (eval mode)."""
 
     def __post_init__(self) -> None:
         _non_negative(self, "tile", "tile_overlap")
         if not self.sets:
             raise ConfigError("eval.sets: name at least one test set or folder")
+        if any(s < 0 for s in self.sigmas):
+            raise ConfigError(f"eval.sigmas: noise levels must not be negative, got {list(self.sigmas)}")
+        if any(s not in SR_SCALES for s in self.scales):
+            raise ConfigError(f"eval.scales: {list(self.scales)} is not valid; choose from {SR_SCALES}")
+        if self.tile and self.tile_overlap >= self.tile:
+            raise ConfigError(f"eval.tile_overlap: {self.tile_overlap} must be smaller than tile ({self.tile})")
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -150,6 +187,12 @@ def _non_negative(obj: Any, *names: str) -> None:
     for n in names:
         if getattr(obj, n) < 0:
             raise ConfigError(f"{_section(obj)}.{n}: must not be negative, got {getattr(obj, n)}")
+
+
+def _fraction(obj: Any, *names: str) -> None:
+    for n in names:
+        if not 0 < getattr(obj, n) < 1:
+            raise ConfigError(f"{_section(obj)}.{n}: must lie strictly between 0 and 1, got {getattr(obj, n)}")
 
 
 def _section(obj: Any) -> str:
@@ -215,7 +258,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {item!r}")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
 
 
 def load_section(file: str | Path) -> dict[str, Any]:
@@ -223,7 +269,7 @@ def load_section(file: str | Path) -> dict[str, Any]:
     path, sep, section = str(file).rpartition(":") if ":" in str(file) else (str(file), "", "")
     try:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
         raise ConfigError(f"{path}: cannot read the config file ({err})") from None
     if sep:
         if not isinstance(loaded, dict) or not isinstance(loaded.get(section), dict):

@@ -22,6 +22,8 @@ Sharing = Literal["lwas", "tied", "independent"]
 CellEval = Literal["shared", "per_transition"]
 
 SR_SCALES = (2, 3, 4, 8)
+MAX_CHANNELS = 4096
+"""Widest node a space may ask for: far beyond HiNAS's (40), small enough that a hostile file cannot request terabytes."""
 MOVES = (-1, 0, 1)
 """Router moves between consecutive layers: narrower, same, wider (the columns of beta)."""
 
@@ -67,6 +69,8 @@ class SearchSpace:
             raise ConfigError(f"space.widths: the first width factor must be 1 (the stem's level), got {list(self.widths)}")
         if any(b <= a for a, b in zip(self.widths, self.widths[1:])):
             raise ConfigError(f"space.widths: width factors must increase strictly, got {list(self.widths)}")
+        if self.filters > MAX_CHANNELS or self.filters * self.widths[-1] > MAX_CHANNELS:
+            raise ConfigError(f"space.filters: {self.filters} x width {self.widths[-1]:g} exceeds {MAX_CHANNELS} channels per node")
         if any(int(self.filters * w) < 1 for w in self.widths):
             raise ConfigError("space.filters: every width level needs at least one channel")
         if len(set(self.ops)) != len(self.ops):

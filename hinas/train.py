@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed
+from .checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state, resume_state
 from .complexity import count_flops, count_params
 from .data import PatchDataset, in_memory, load_images, split_images
-from .evaluate import evaluate_model
+from .errors import ConfigError, NonFiniteError
+from .evaluate import check_measurable
 from .genotype import Genotype
+from .guard import checked_step
 from .losses import poly_lr, restoration_loss
+from .metrics import convention_for
 from .network import Network, save_model
-from .runtime import RunDir, amp_dtype, atomic_torch_save, autocast, pick_device, prepare_device, seed_everything, write_json
+from .runtime import CHECKPOINT, RunDir, amp_dtype, autocast, check_run_dir, pick_device, prepare_device, seed_everything, write_json
 from .search import score
 from .settings import TrainConfig
 
@@ -28,16 +34,38 @@ def resolve_genotype(cfg: TrainConfig) -> Genotype:
     space = genotype.space
     if space.task == "sr" and cfg.scale and cfg.scale != space.scale:
         genotype = Genotype(space.replace(scale=cfg.scale), genotype.path, genotype.cells, genotype.meta)
+    elif space.task == "denoise" and cfg.scale:
+        raise ConfigError(f"train.scale: {cfg.scale} applies to SR genotypes only; {path} is a denoising genotype (use 0)")
     return genotype
 
 
-def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train ``Network(genotype, cfg.filters)`` into run directory ``out``; returns its metrics (also ``out/metrics.json``)."""
+@dataclass
+class TrainProgress(Progress):
+    iteration: int = 0
+    """Iterations done."""
+    losses: list[float] = field(default_factory=list)
+    """Training losses since the last validation."""
+    best: dict[str, Any] | None = None
+    """The history record of the best validation so far (its weights are ``best.pt``)."""
+
+    def position(self) -> str:
+        return f"iteration {self.iteration}"
+
+
+def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False, force: bool = False,
+            progress: bool = True) -> dict[str, Any]:
+    """Train ``Network(genotype, cfg.filters)`` into run directory ``out``; returns its metrics (also ``out/metrics.json``).
+
+    ``resume`` and ``force`` work as in :func:`hinas.search.search`; every input is checked before ``out`` is touched.
+    """
+    out = Path(out)
+    check_run_dir(out, overwrite=overwrite, resume=resume)
+    saved = resume_state(out, "retrain", cfg, force=force) if resume else None
     genotype = resolve_genotype(cfg)
-    run = RunDir(out, cfg, overwrite=overwrite)
-    genotype.save(run / "genotype.json")
+    ctx = distributed.init(pick_device(cfg.device))  # data-parallel under torchrun; a no-op context otherwise
+    progress = progress and ctx.is_main
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    device = ctx.device
     prepare_device(device)
     amp = amp_dtype(device, cfg.amp)
     space = genotype.space
@@ -50,64 +78,98 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progr
         a, b, val_imgs = split_images(images, cfg.val_images, cfg.seed)
         train_imgs = a + b
     train_imgs, val_imgs = in_memory(train_imgs), in_memory(val_imgs, cfg.val_crop)
+    check_measurable(val_imgs, convention_for(space.task, space.scale))
     dataset = PatchDataset(train_imgs, cfg.patch, task=space.task, scale=space.scale, sigma=(cfg.sigma,),
                            rescale=None if sr or not cfg.rescale else tuple(cfg.rescale), length=cfg.iterations * cfg.batch, seed=cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch, num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    sampler = ctx.batches(len(dataset), cfg.batch)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                        generator=loader_generator(cfg.seed))
 
-    model = Network(genotype, cfg.filters).to(device)
+    model = ctx.replicate(Network(genotype, cfg.filters).to(device))
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    params = list(model.parameters())
     val_kw = {"task": space.task, "sigma": None if sr else cfg.sigma, "scale": space.scale if sr else None}
-    params = count_params(model)
-    run.log(event="start", device=str(device), amp=str(amp), params=params, train_images=len(train_imgs), val_images=len(val_imgs))
+    n_params = count_params(model)
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    losses: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(total=cfg.iterations, desc="retrain", disable=not progress, dynamic_ncols=True)
-    model.train()
-    for it, (x, y) in enumerate(loader, start=1):
-        for group in opt.param_groups:
-            group["lr"] = poly_lr(it - 1, cfg.iterations, cfg.lr, cfg.lr_power)
-        x = x.to(device, non_blocking=True, memory_format=fmt)
-        y = y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            pred = model(x)
-        loss = restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(loss.item())
-        bar.update()
-        if it % cfg.val_every == 0 or it == cfg.iterations:
-            val = evaluate_model(model, val_imgs, **val_kw)
-            record = {"iteration": it, "train_loss": sum(losses) / len(losses), "lr": opt.param_groups[0]["lr"],
-                      "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
-                      "score": score(val["psnr"], val["ssim"]), "seconds": time.perf_counter() - start}
-            losses = []
-            history.append(record)
-            run.log(event="validation", **record)
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_psnr=f"{val['psnr']:.2f}")
-            if best is None or record["score"] > best["score"]:
-                best = record
-                save_model(model, run / "best.pt", iteration=it, val_psnr=val["psnr"], val_ssim=val["ssim"])
-            atomic_torch_save({"iteration": it, "model": model.state_dict(), "opt": opt.state_dict()}, run / "checkpoint.pt")
-    bar.close()
+    resumed = restore_state(TrainProgress, saved, model, {"weights": opt}, scaler, out / CHECKPOINT) if saved else None
 
-    write_json(run / "history.json", history)
-    metrics = {
-        "task": space.task, "sigma": val_kw["sigma"], "scale": val_kw["scale"], "filters": cfg.filters,
-        "params": params, "params_m": params / 1e6,
-        "gflops_256": count_flops(model, (1, space.in_channels, 256 // space.scale, 256 // space.scale)) / 1e9,
-        "best_iteration": best["iteration"], "val_psnr": best["val_psnr"], "val_ssim": best["val_ssim"],
-        "input_psnr": best["input_psnr"], "iterations": cfg.iterations, "seconds": time.perf_counter() - start,
-        "device": str(device), "convention": val["convention"],
-    }
-    write_json(run / "metrics.json", metrics)
-    run.log(event="end", **{k: v for k, v in metrics.items() if k != "convention"})
-    run.close()
+    run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite, resume=resumed is not None)
+    genotype.save(run / "genotype.json")
+    ckpt = Checkpointer(run, "retrain", cfg, model, {"weights": opt}, scaler)
+    if resumed is not None:
+        state = resumed
+        ckpt.resumed(state, saved)
+    else:
+        run.log(event="start", device=str(device), amp=str(amp), params=n_params, train_images=len(train_imgs), val_images=len(val_imgs))
+        state = TrainProgress()
+        ckpt.save(state)  # the first rollback target and resume point
+
+    def validate(state: TrainProgress) -> None:
+        it = state.iteration
+        val = ctx.evaluate(model, val_imgs, **val_kw)
+        losses = ctx.average(state.losses)
+        record = {"iteration": it, "train_loss": sum(losses) / len(losses), "lr": opt.param_groups[0]["lr"],
+                  "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
+                  "score": score(val["psnr"], val["ssim"]), "seconds": ckpt.seconds()}
+        state.losses = []
+        state.history.append(record)
+        run.log(event="validation", **record)
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_psnr=f"{val['psnr']:.2f}")
+        if state.best is None or record["score"] > state.best["score"]:
+            state.best = record
+            save_model(model, run / "best.pt", iteration=it, val_psnr=val["psnr"], val_ssim=val["ssim"])
+
+    def train(state: TrainProgress, stop: StopSignals) -> None:
+        """The remaining iterations, validating and checkpointing on schedule, and checkpointing on a signal before stopping."""
+        model.train()
+        sampler.start = state.iteration * cfg.batch
+        for x, y in loader:
+            for group in opt.param_groups:
+                group["lr"] = poly_lr(state.iteration, cfg.iterations, cfg.lr, cfg.lr_power) * state.lr_scale
+            x = x.to(device, non_blocking=True, memory_format=fmt)
+            y = y.to(device, non_blocking=True)
+            with autocast(device, amp):
+                pred = model(x)
+            loss = restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, batch_mean=ctx.batch_mean)
+            state.losses.append(checked_step(loss, opt, scaler, params, f"step at {state.position()}", clip=cfg.grad_clip,
+                                             sync=ctx.sync_grads))
+            state.iteration += 1
+            bar.update()
+            it = state.iteration
+            validated = it % cfg.val_every == 0 or it == cfg.iterations
+            if validated:
+                validate(state)
+            if validated or stop.received or (cfg.checkpoint_every and it % cfg.checkpoint_every == 0):
+                ckpt.save(state)
+            if stop.received and it < cfg.iterations:
+                raise ckpt.interrupted(state, stop.received)
+
+    bar = tqdm(total=cfg.iterations, initial=state.iteration, desc="retrain", disable=not progress, dynamic_ncols=True)
+    try:
+        with StopSignals() as stop:
+            while state.iteration < cfg.iterations:
+                try:
+                    train(state, stop)
+                except NonFiniteError as fault:
+                    state = ckpt.rollback(state, fault)
+        best = state.best
+        ctx.check_replicas(run / "replicas.json", model, best_iteration=best["iteration"])
+        write_json(run / "history.json", state.history)
+        metrics = {
+            "task": space.task, "sigma": val_kw["sigma"], "scale": val_kw["scale"], "filters": cfg.filters,
+            "params": n_params, "params_m": n_params / 1e6,
+            "gflops_256": count_flops(model, (1, space.in_channels, 256 // space.scale, 256 // space.scale)) / 1e9,
+            "best_iteration": best["iteration"], "val_psnr": best["val_psnr"], "val_ssim": best["val_ssim"],
+            "input_psnr": best["input_psnr"], "iterations": cfg.iterations, "rollbacks": state.rollbacks,
+            "seconds": ckpt.seconds(), "device": str(device),
+            "convention": dataclasses.asdict(convention_for(space.task, space.scale)),
+        }
+        write_json(run / "metrics.json", metrics)
+        run.log(event="end", **{k: v for k, v in metrics.items() if k != "convention"})
+    finally:
+        bar.close()
+        run.close()
     return metrics

@@ -10,6 +10,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Compute on one thread (as the subprocesses of the resume tests do): equal float sums, and spared shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def uniform_genotype(space: SearchSpace, op: str, path) -> Genotype:
     """Every node reads (s1, s0) through ``op``: the cells the authors' parameter counts were taken with."""
     cell = tuple(((op, 0), (op, 1)) for _ in range(space.nodes))

@@ -1,4 +1,10 @@
-"""The fused supernet cell against the plain reference cell: same outputs, gradients, statistics and search."""
+"""The fused supernet cell against the plain reference cell: same outputs, gradients, statistics and search.
+
+Equivalence is checked in float64, where both implementations agree to ~1e-12 of each tensor's scale:
+float32 rounding (~1e-6) cannot hide a wrong term there, as it could behind float32 tolerances. One
+float32 test then checks the production dtype on the paper's space, whose float32 convolution kernels
+(oneDNN, channels_last) differ from the float64 ones.
+"""
 
 import pytest
 import torch
@@ -11,7 +17,39 @@ from hinas.ops import act_conv_bn, register_op, unregister_op
 from hinas.space import preset
 from hinas.supernet import Supernet
 
-GRAD_TOL = dict(rtol=1e-4, atol=1e-5)
+SAME, FLOOR = 1e-9, 1e-14
+"""float64 agreement: relative to each tensor's largest entry (measured worst: 8e-12, paper-denoise gradients),
+and absolute for tensors that are zero up to rounding (measured: 9e-18, e.g. the SR head's bias gradient)."""
+
+FLOAT32_SLACK = 4.0
+"""In float32 the fused supernet's error (against the float64 reference) may be at most this many times the reference
+supernet's own float32 error, per tensor. Small-batch BatchNorm backward amplifies rounding to ~1e-2 of some weight
+gradients in both implementations alike, so a fixed float32 tolerance would either fail or prove little."""
+
+PAPER_INPUTS = {"paper-denoise": (2, 1, 8, 8), "paper-sr": (2, 3, 8, 8)}
+
+
+@pytest.fixture
+def double():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def assert_same(actual, expected, rel: float = SAME) -> None:
+    """Tensors (or dicts of them) agree to ``rel`` of the expected tensor's largest magnitude; names must match."""
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys()
+        for key, value in expected.items():
+            if value.is_floating_point():
+                assert_same(actual[key], value, rel)
+            else:  # counters such as num_batches_tracked
+                assert torch.equal(actual[key], value), key
+        return
+    actual, expected = actual.detach(), expected.detach()
+    scale = float(expected.abs().max())
+    worst = float((actual - expected).abs().max())
+    assert worst <= rel * scale + FLOOR, f"differ by {worst:.3g} at scale {scale:.3g}"
 
 
 def pair(space, **kw) -> tuple[Supernet, Supernet]:
@@ -28,6 +66,18 @@ def pair(space, **kw) -> tuple[Supernet, Supernet]:
 def grads(net: Supernet) -> dict[str, torch.Tensor]:
     """Parameter gradients under the reference layout's names."""
     return net.reference_state({n: p.grad for n, p in net.named_parameters()})
+
+
+def step(nets, x) -> list[torch.Tensor]:
+    """Forward and backward of a loss that weighs every output element differently; the outputs.
+
+    ``x`` is one input for every net, or a list with one per net."""
+    outs = []
+    for net, xi in zip(nets, x if isinstance(x, list) else [x] * len(nets)):
+        out = net(xi)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+    return outs
 
 
 def test_a_seed_gives_the_same_initial_supernet_in_both_implementations():
@@ -50,7 +100,7 @@ def test_reference_state_round_trips_through_the_fused_layout():
 
 @pytest.mark.parametrize("nodes", [1, 2, 4])
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_cell_matches_the_reference_cell(nodes, training):
+def test_fused_cell_matches_the_reference_cell(double, nodes, training):
     """Outputs, gradients for inputs, weights and alpha weights, and BN running statistics."""
     space = small_space(nodes=nodes)
     ref = ReferenceCell(space, 5)
@@ -60,8 +110,9 @@ def test_fused_cell_matches_the_reference_cell(nodes, training):
     fused.load_reference_state(ref.state_dict())
     s0, s1 = torch.randn(3, 5, 9, 7), torch.randn(3, 5, 9, 7)
     if not training:
+        warm = torch.rand(space.num_edges, len(space.ops))  # one draw for both: later nodes' statistics depend on it
         for cell in (ref, fused):
-            cell(s0, s1, torch.rand(space.num_edges, len(space.ops)))  # move the running statistics first
+            cell(s0, s1, warm)  # move the running statistics first
             cell.eval()
     w = torch.randn(space.num_edges, len(space.ops)).softmax(-1)
     outs, input_grads = [], []
@@ -71,62 +122,65 @@ def test_fused_cell_matches_the_reference_cell(nodes, training):
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         outs.append(out)
         input_grads.append([t.grad for t in inputs])
-    torch.testing.assert_close(outs[1], outs[0])
+    assert_same(outs[1], outs[0])
     for g_fused, g_ref in zip(input_grads[1], input_grads[0]):
-        torch.testing.assert_close(g_fused, g_ref, **GRAD_TOL)
+        assert_same(g_fused, g_ref)
     ref_grads = {n: p.grad for n, p in ref.named_parameters()}
-    torch.testing.assert_close(fused.reference_state({n: p.grad for n, p in fused.named_parameters()}), ref_grads, **GRAD_TOL)
-    torch.testing.assert_close(fused.reference_state(), ref.state_dict())
+    assert_same(fused.reference_state({n: p.grad for n, p in fused.named_parameters()}), ref_grads)
+    assert_same(fused.reference_state(), ref.state_dict())
 
 
+@pytest.mark.parametrize("name", ["paper-denoise", "paper-sr"])
 @pytest.mark.parametrize("sharing", ["lwas", "tied", "independent"])
 @pytest.mark.parametrize("cell_eval", ["shared", "per_transition"])
-def test_fused_supernet_matches_the_reference_supernet(sharing, cell_eval):
-    """Outputs and gradients for every weight, alpha and beta; running statistics after the step."""
-    ref, fused = pair(small_space(sharing=sharing, cell_eval=cell_eval))
-    x = torch.rand(3, 1, 12, 12)
-    outs = []
-    for net in (ref, fused):
-        out = net(x)
-        out.square().mean().backward()
-        outs.append(out)
-    torch.testing.assert_close(outs[1], outs[0])
-    torch.testing.assert_close(grads(fused), grads(ref), **GRAD_TOL)
-    torch.testing.assert_close(fused.reference_state(), ref.state_dict())
+def test_fused_supernet_matches_the_reference_on_the_paper_spaces(double, name, sharing, cell_eval):
+    """Outputs, gradients for every weight, alpha and beta, and running statistics after the step."""
+    ref, fused = pair(preset(name).replace(sharing=sharing, cell_eval=cell_eval))
+    outs = step((ref, fused), torch.rand(PAPER_INPUTS[name]))
+    assert_same(outs[1], outs[0])
+    assert_same(grads(fused), grads(ref))
+    assert_same(fused.reference_state(), ref.state_dict())
 
 
-def test_paper_denoising_supernet_matches_the_reference():
-    """The authors' space (L=3, B=4, F=10, all seven ops) on a small batch."""
+def test_fused_supernet_is_as_accurate_as_the_reference_in_float32():
+    """Both float32 implementations against the float64 reference on the paper's denoising space."""
     ref, fused = pair(preset("paper-denoise"))
-    x = torch.rand(2, 1, 16, 16)
+    exact = Supernet(preset("paper-denoise"), impl="reference").double()
+    exact.load_reference_state({k: v.double() if v.is_floating_point() else v for k, v in ref.state_dict().items()})
+    x = torch.rand(4, 1, 16, 16, dtype=torch.float64)
+    outs = step((exact, ref, fused), [x, x.float(), x.float()])
+    truth, ref_grads, fused_grads = grads(exact), grads(ref), grads(fused)
+    for name, want in [("output", outs[0]), *truth.items()]:
+        got_ref, got_fused = (outs[1], outs[2]) if name == "output" else (ref_grads[name], fused_grads[name])
+        ref_err, fused_err = ((got - want).abs().max().item() for got in (got_ref.double(), got_fused.double()))
+        assert fused_err <= FLOAT32_SLACK * ref_err + 1e-7 * want.abs().max().item(), name
+
+
+@pytest.mark.parametrize("name", ["paper-denoise", "paper-sr"])
+def test_search_steps_reach_the_same_architecture_in_both_implementations(double, name):
+    """The search's alternating first-order steps (Adam on alphas/betas, SGD on weights) from the same seed."""
+    space = preset(name)
+    torch.manual_seed(5)
+    ref = Supernet(space, impl="reference")
+    torch.manual_seed(5)
+    fused = Supernet(space)
+    shape = PAPER_INPUTS[name]
+    x = torch.rand(shape)
+    target = torch.rand(*shape[:2], shape[2] * space.scale, shape[3] * space.scale)
     for net in (ref, fused):
-        net(x).square().mean().backward()
-    torch.testing.assert_close(fused(x), ref(x))
-    torch.testing.assert_close(grads(fused), grads(ref), **GRAD_TOL)
-
-
-def test_search_steps_reach_the_same_architecture_in_both_implementations():
-    """The search's alternating first-order steps (Adam on alphas/betas, SGD on weights) from the same start."""
-    space = small_space(nodes=4)
-    nets = pair(space)
-    start = nets[0].alpha.detach().clone()
-    x, target = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
-    for net in nets:
         w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-        a_opt = torch.optim.Adam(net.arch_parameters(), lr=0.01, weight_decay=1e-3)
-        for step in range(4):
+        a_opt = torch.optim.Adam(net.arch_parameters(), lr=0.1, weight_decay=1e-3)
+        for _ in range(3):
             for opt in (a_opt, w_opt):
                 opt.zero_grad()
                 nn.functional.mse_loss(net(x), target).backward()
                 opt.step()
-    ref, fused = nets
-    assert not torch.allclose(ref.alpha, start, atol=1e-3)  # the architecture did move
-    torch.testing.assert_close(fused.alpha, ref.alpha, **GRAD_TOL)
-    torch.testing.assert_close(fused.beta, ref.beta, **GRAD_TOL)
+    assert ref.alpha.abs().max() > 0.1  # the architecture did move away from uniform
+    assert_same(fused.reference_state(), ref.state_dict())
     assert fused.genotype() == ref.genotype()
 
 
-def test_checkpointed_cells_give_the_same_step_and_count_running_statistics_once():
+def test_checkpointed_cells_give_the_same_step_and_count_running_statistics_once(double):
     space = small_space(nodes=3)
     plain, _ = pair(space)
     for impl in ("fused", "reference"):
@@ -134,27 +188,20 @@ def test_checkpointed_cells_give_the_same_step_and_count_running_statistics_once
         ckpt.load_reference_state(plain.state_dict())
         base = Supernet(space, impl=impl)
         base.load_reference_state(plain.state_dict())
-        x = torch.rand(3, 1, 12, 12)
-        outs = []
-        for net in (base, ckpt):
-            out = net(x)
-            out.square().mean().backward()
-            outs.append(out)
-        torch.testing.assert_close(outs[1], outs[0])
-        torch.testing.assert_close(grads(ckpt), grads(base), **GRAD_TOL)
-        torch.testing.assert_close(ckpt.reference_state(), base.reference_state())  # incl. num_batches_tracked
+        outs = step((base, ckpt), torch.rand(3, 1, 12, 12))
+        assert_same(outs[1], outs[0])
+        assert_same(grads(ckpt), grads(base))
+        assert_same(ckpt.reference_state(), base.reference_state())  # incl. num_batches_tracked
 
 
-def test_an_op_without_stacking_runs_edge_by_edge_and_matches():
+def test_an_op_without_stacking_runs_edge_by_edge_and_matches(double):
     register_op("conv_1x1", lambda c, affine: act_conv_bn(c, c, 1, affine=affine))
     try:
         space = small_space(ops=("conv_1x1", "sep_conv_3x3", "identity", "zero"))
         ref, fused = pair(space)
-        x = torch.rand(2, 1, 12, 12)
-        for net in (ref, fused):
-            net(x).square().mean().backward()
-        torch.testing.assert_close(fused(x), ref(x))
-        torch.testing.assert_close(grads(fused), grads(ref), **GRAD_TOL)
+        outs = step((ref, fused), torch.rand(2, 1, 12, 12))
+        assert_same(outs[1], outs[0])
+        assert_same(grads(fused), grads(ref))
     finally:
         unregister_op("conv_1x1")
 

@@ -1,14 +1,12 @@
 import xml.etree.ElementTree as ET
 
 import pytest
-import torch
 
 from conftest import uniform_genotype
 from hinas.errors import RenderError
 from hinas.genotype import Genotype
 from hinas.render import draw_genotype
 from hinas.space import preset
-from hinas.supernet import Supernet
 
 
 def three_layer_genotype() -> Genotype:

@@ -5,7 +5,7 @@ from torch import nn
 from conftest import small_space
 from hinas.genotype import Genotype, derive_cell
 from hinas.network import Cell
-from hinas.space import MOVES, SearchSpace, preset
+from hinas.space import SearchSpace, preset
 from hinas.fused import FusedCell
 from hinas.supernet import ReferenceCell, SearchCell, Supernet
 

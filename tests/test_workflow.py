@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from hinas.cli import main
-from hinas.errors import ConfigError
 from hinas.genotype import Genotype
 from hinas.network import Network, load_model
 from hinas.settings import SearchConfig, TrainConfig, resolve

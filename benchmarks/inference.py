@@ -1,0 +1,298 @@
+"""Inference speed of derived HiNAS networks, training form against inference form, beside DnCNN-17.
+
+Part 1 re-measures the speed table of the task (512x512 gray, batch 1): DnCNN-17 in plain PyTorch and the
+three denoisers built as the authors build them (every edge one op, inputs (s1, s0)), each in its training
+form (eval mode, as built) and its inference form (``hinas.inference``: eager PyTorch, and ONNX Runtime),
+with parameters, nominal GFLOP (the training form's convolutions, 2 x MACs) and the achieved GFLOP/s, i.e.
+nominal GFLOP / latency, for every form. Rows are timed interleaved, round after round, and medians are
+reported, because the test machine is shared. Part 2: latency and peak tensor memory of the inference form
+at 256, 512 and 1024 pixels (gray and colour denoisers; SR at x2 and x4 output sizes; 1024 for a subset).
+On CUDA (``--device cuda``) part 1 is run at batch 1 and at a throughput batch.
+
+    python benchmarks/inference.py [--device cuda] [--repeats 3]
+
+Prints the tables and writes benchmarks/results/inference_<device>.json. Peak memory is the largest sum of
+live tensors recorded by the PyTorch profiler on CPU (torch.cuda.max_memory_allocated on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from hinas.baselines import DnCNN
+from hinas.complexity import count_flops, count_params
+from hinas.fold import FusedConv, fold_sequential
+from hinas.genotype import Genotype
+from hinas.inference import InferenceModel, keep_freed_memory
+from hinas.network import Network
+from hinas.space import SearchSpace, preset
+
+TABLE = [  # (name, op on every edge, width path): the denoisers of the task's speed table, gray, F=20, B=4, L=3
+    ("HiNAS conv3x3 [0,1,2]", "conv_3x3", (0, 1, 2)),
+    ("HiNAS sep3x3 [0,0,0]", "sep_conv_3x3", (0, 0, 0)),
+    ("HiNAS dil5x5 [1,2,2]", "dil_conv_5x5", (1, 2, 2)),
+]
+DENOISE, SR = preset("paper-denoise"), preset("paper-sr")
+
+
+def uniform(space: SearchSpace, op: str, path: tuple[int, ...]) -> Genotype:
+    """Every node reads (s1, s0) through ``op``, as in the authors' parameter counts (tests/test_network.py)."""
+    return Genotype(space, path, (tuple(((op, 0), (op, 1)) for _ in range(space.nodes)),) * space.layers)
+
+
+def trained_like(net: nn.Module, channels: int) -> nn.Module:
+    """Non-trivial BatchNorm statistics (a few training-mode passes), as after training; then eval mode."""
+    net.train()
+    with torch.no_grad():
+        for _ in range(2):
+            net(torch.rand(2, channels, 32, 32))
+    return net.eval()
+
+
+class Folded(nn.Module):
+    """DnCNN-17 with the same folding as the inference form (BN into conv, in-place ReLU), for reference."""
+
+    def __init__(self, dncnn: DnCNN) -> None:
+        super().__init__()
+        self.body = fold_sequential(dncnn.body).to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            x = x.contiguous(memory_format=torch.channels_last)
+            return x - self.body(x)
+
+
+def executed_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """FLOPs (2 x MACs + bias) of the convolutions an inference form actually runs, e.g. more after composing."""
+    total = 0
+
+    def hook(m: FusedConv, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        o, i, kh, kw = m.weight.shape
+        total += out.numel() * (2 * i * kh * kw + 1)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, FusedConv)]
+    model(torch.zeros(shape, device=next(model.buffers()).device))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def flops_at(net: nn.Module, channels: int, size: tuple[int, int]) -> int:
+    """Convolution FLOPs scale exactly with the pixel count (stride 1, same padding): count at 64x64 and scale."""
+    return count_flops(net, (1, channels, 64, 64)) * size[0] * size[1] // (64 * 64)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
+    """Bytes: the largest sum of live tensors while ``fn`` runs (allocations the PyTorch profiler records on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence the profiler's C++ start/stop lines, which bypass Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def interleaved(rows: dict[str, Callable[[], Any]], device: torch.device, repeats: int, memory: bool) -> dict[str, dict[str, Any]]:
+    """Median latency over ``repeats`` rounds, each running every row once; the first (warm-up) round measures memory."""
+    result: dict[str, dict[str, Any]] = {name: {"times": []} for name in rows}
+    for name, fn in rows.items():
+        result[name]["peak_mb"] = peak_memory(fn, device) / 2**20 if memory and not name.endswith("(onnxruntime)") else None
+    for _ in range(repeats):
+        for name, fn in rows.items():
+            result[name]["times"].append(timed(fn, device))
+    for r in result.values():
+        r["latency_s"] = statistics.median(r["times"])
+    return result
+
+
+def speed_table(device: torch.device, repeats: int, batch: int) -> list[dict[str, Any]]:
+    size = (512, 512)
+    x = torch.rand(batch, 1, *size, device=device)
+    models: dict[str, tuple[nn.Module, nn.Module]] = {}  # row -> (module, training form for counting)
+    dncnn = trained_like(DnCNN(), 1).to(device)
+    models["DnCNN-17 (plain PyTorch)"] = (dncnn, dncnn)
+    if device.type == "cpu":
+        models["DnCNN-17 folded (reference)"] = (Folded(dncnn), dncnn)
+    for name, op, path in TABLE:
+        net = trained_like(Network(uniform(DENOISE, op, path), 20), 1).to(device)
+        models[f"{name} training form"] = (net, net)
+        models[f"{name} inference form"] = (InferenceModel(net), net)
+        if op.startswith("sep"):
+            models[f"{name} inference form, separable as dense"] = (InferenceModel(net, separable="dense"), net)
+        if device.type == "cpu":
+            models[f"{name} inference form (onnxruntime)"] = (InferenceModel(net, "onnxruntime"), net)
+
+    def call(m: nn.Module) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.no_grad():
+                return m(x)
+        return run
+
+    measured = interleaved({name: call(m) for name, (m, _) in models.items()}, device, repeats, memory=True)
+    rows = []
+    for name, (m, train) in models.items():
+        gflop = batch * flops_at(train, 1, size) / 1e9
+        r = measured[name]
+        executed = executed_flops(m.fast, (1, 1, 64, 64)) * 64 * batch / 1e9 if isinstance(m, InferenceModel) else None
+        rows.append({"network": name, "params": count_params(train), "gflop": gflop, "executed_gflop": executed,
+                     "latency_s": r["latency_s"], "times_s": r["times"], "gflops_per_s": gflop / r["latency_s"],
+                     "peak_mb": r["peak_mb"], "batch": batch, "size": list(size)})
+    return rows
+
+
+SIZES = [  # (name, space, op, path, output sides; the inference form only; gray 512 comes from the speed table)
+    ("gray sep3x3 [0,0,0]", DENOISE, "sep_conv_3x3", (0, 0, 0), (256, 1024)),
+    ("gray conv3x3 [0,1,2]", DENOISE, "conv_3x3", (0, 1, 2), (256,)),
+    ("gray dil5x5 [1,2,2]", DENOISE, "dil_conv_5x5", (1, 2, 2), (256,)),
+    ("color sep3x3 [0,0,0]", DENOISE.replace(in_channels=3), "sep_conv_3x3", (0, 0, 0), (256, 512, 1024)),
+    ("color conv3x3 [0,1,2]", DENOISE.replace(in_channels=3), "conv_3x3", (0, 1, 2), (256, 512)),
+    ("SR x2 conv3x3 [1,2]", SR.replace(scale=2), "conv_3x3", (1, 2), (256, 512)),
+    ("SR x4 sep3x3 [1,2]", SR.replace(scale=4), "sep_conv_3x3", (1, 2), (256, 512, 1024)),
+]
+
+
+def size_sweep(device: torch.device, repeats: int, table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = [{"network": f"gray {r['network'][6:].replace(' inference form', '')}", "output": 512, "input": 512,
+             "params": r["params"], "gflop": r["gflop"], "latency_s": r["latency_s"], "gflops_per_s": r["gflops_per_s"],
+             "peak_mb": r["peak_mb"]} for r in table if r["network"].endswith("] inference form")]
+    for name, space, op, path, sides in SIZES:
+        filters = 20 if space.task == "denoise" else 16
+        net = trained_like(Network(uniform(space, op, path), filters), space.in_channels).to(device)
+        model = InferenceModel(net)
+        for side in sides:
+            lr = side // space.scale
+            x = torch.rand(1, space.in_channels, lr, lr, device=device)
+
+            def run() -> Any:
+                return model(x)
+
+            r = interleaved({name: run}, device, repeats if side < 1024 else 1, memory=True)[name]
+            gflop = flops_at(net, space.in_channels, (lr, lr)) / 1e9
+            rows.append({"network": name, "output": side, "input": lr, "params": count_params(net), "gflop": gflop,
+                         "latency_s": r["latency_s"], "gflops_per_s": gflop / r["latency_s"], "peak_mb": r["peak_mb"]})
+            print(f"  {name:22} {side:5}: {r['latency_s']:7.3f} s", flush=True)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    """GFLOP is the network's nominal count (its training form), for every form; 'run' is what the form executes."""
+    print(f"\n{title}\n| network | params | GFLOP | GFLOP run | latency (s) | achieved GFLOP/s | peak MB |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
+        run = f"{r['executed_gflop']:.0f}" if r["executed_gflop"] is not None else "="
+        print(f"| {r['network']} | {r['params'] / 1e3:.0f} K | {r['gflop']:.0f} | {run} | {r['latency_s']:.2f} | "
+              f"{r['gflops_per_s']:.0f} | {peak} |")
+
+
+def print_sizes(rows: list[dict[str, Any]]) -> None:
+    print("\ninference form by output size, batch 1\n| network | output | input | params | GFLOP | latency (s) | GFLOP/s | peak MB |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["network"], r["output"])):
+        print(f"| {r['network']} | {r['output']} | {r['input']} | {r['params'] / 1e3:.0f} K | {r['gflop']:.1f} | "
+              f"{r['latency_s']:.3f} | {r['gflops_per_s']:.0f} | {r['peak_mb']:.0f} |")
+
+
+def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The task's CPU targets, checked on this run's figures."""
+    by = {r["network"]: r for r in rows}
+    dncnn = by["DnCNN-17 (plain PyTorch)"]
+    result = {"dncnn_gflops_per_s": dncnn["gflops_per_s"]}
+    for name, _, _ in TABLE:
+        fast = min((r for n, r in by.items() if n.startswith(name) and "inference form" in n), key=lambda r: r["latency_s"])
+        result[name] = {"best_form": fast["network"], "gflops_per_s": fast["gflops_per_s"],
+                        "reaches_dncnn_rate": fast["gflops_per_s"] >= dncnn["gflops_per_s"],
+                        "speedup_vs_dncnn": dncnn["latency_s"] / fast["latency_s"], "latency_s": fast["latency_s"]}
+    sep = result["HiNAS sep3x3 [0,0,0]"]
+    result["sep3x3_under_2s_and_2x_dncnn"] = sep["latency_s"] < 2 and sep["speedup_vs_dncnn"] >= 2
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per row (default: %(default)s)")
+    parser.add_argument("--throughput-batch", type=int, default=8, help="batch of the CUDA throughput table (default: %(default)s)")
+    parser.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator as it is (see keep_freed_memory)")
+    parser.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/inference_<device>.json)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    allocator = "glibc default" if args.system_malloc else ("glibc, freed memory kept" if keep_freed_memory() else "default")
+    load = os.getloadavg()
+    started = time.perf_counter()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, allocator: {allocator}, load average {load[0]:.1f}", flush=True)
+    result: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                              "cpus": os.cpu_count(), "allocator": allocator, "python": sys.version.split()[0]}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+        result["table"] = speed_table(device, args.repeats, 1)
+        print_table(result["table"], "512x512 gray, batch 1")
+        result["throughput"] = speed_table(device, args.repeats, args.throughput_batch)
+        print_table(result["throughput"], f"512x512 gray, batch {args.throughput_batch}")
+    else:
+        result["table"] = speed_table(device, args.repeats, 1)
+        print_table(result["table"], "512x512 gray, batch 1 (CPU)")
+        result["targets"] = targets(result["table"])
+        print("\ntargets:", json.dumps(result["targets"], indent=1))
+    print("\ninference form by size:", flush=True)
+    result["sizes"] = size_sweep(device, max(1, args.repeats - 1), result["table"])
+    print_sizes(result["sizes"])
+    result["load_average"] = [load[0], os.getloadavg()[0]]
+    result["wall_s"] = time.perf_counter() - started
+    out = args.out or Path(f"benchmarks/results/inference_{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwall {result['wall_s']:.0f} s, load average {load[0]:.1f} -> {result['load_average'][1]:.1f}; results: {out}")
+
+
+if __name__ == "__main__":
+    main()

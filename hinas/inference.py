@@ -1,0 +1,345 @@
+"""The inference form of a derived network: the same function as the trained network in eval mode, in far fewer kernels.
+
+Why: the training form runs hundreds of narrow kernels per image (BatchNorm, activations, sums and
+concatenations around 20-40-channel convolutions), so on CPUs it achieves a fraction of the arithmetic
+rate of a plain network such as DnCNN and is slower despite doing a third of its arithmetic. Here
+BatchNorm is folded into the convolution before it, every activation is computed once per feature,
+convolutions that read the same features with the same kernel become one wider convolution (stacked
+outputs, or concatenated inputs where they feed the same sum), and features are kept channels_last.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .fold import FusedConv, PreAct, compose_pointwise, compose_separable, fold_sequential
+from .layers import ASPP, Decoder
+from .network import Cell, Network
+from .ops import NEGATIVE_SLOPE, Zero
+
+Separable = Literal["keep", "dense"]
+
+
+@dataclass
+class _Edge:
+    node: int
+    state: int
+    body: nn.Module
+    activated: bool
+    """The body reads LeakyReLU(state), the pre-activation every parametric op starts with; else the raw state."""
+    fresh: bool = True
+    """The body returns a new tensor, which later sums may add to in place."""
+
+    @property
+    def conv(self) -> FusedConv | None:
+        """The op's single convolution (no activation after it), when that is all it is: it can merge with others."""
+        body = self.body
+        if isinstance(body, nn.Sequential) and len(body) == 1:
+            body = body[0]
+        return body if isinstance(body, FusedConv) and body.act is None and body.groups == 1 and self.activated else None
+
+
+def _compose_separable_pairs(convs: list[nn.Module]) -> list[nn.Module]:
+    """Replace each depthwise convolution that feeds a 1x1 convolution directly by the equal dense convolution."""
+    out: list[nn.Module] = []
+    for m in convs:
+        prev = out[-1] if out else None
+        if (isinstance(m, FusedConv) and isinstance(prev, FusedConv) and prev.act is None and m.groups == 1
+                and m.weight.shape[-1] == 1 and prev.groups == prev.weight.shape[0] == m.weight.shape[1] and prev.weight.shape[1] == 1):
+            dense = compose_separable((prev.weight.double(), prev.bias.double()), (m.weight.double(), m.bias.double()))
+            out[-1] = FusedConv(dense, dilation=prev.dilation, act=m.act)
+        else:
+            out.append(m)
+    return out
+
+
+def _edge(node: int, state: int, op: nn.Module, separable: Separable) -> _Edge | None:
+    """How the inference form computes one edge; None for the zero op."""
+    if isinstance(op, Zero):
+        return None
+    if isinstance(op, nn.Identity):
+        return _Edge(node, state, nn.Identity(), activated=False, fresh=False)
+    try:
+        folded = list(fold_sequential(op)) if isinstance(op, nn.Sequential) else []
+    except ValueError:
+        folded = []
+    if len(folded) < 2 or not isinstance(folded[0], PreAct) or folded[0].slope != NEGATIVE_SLOPE:
+        # An operation registered by a user that this module does not recognise: run it as trained.
+        return _Edge(node, state, copy.deepcopy(op).eval(), activated=False, fresh=False)
+    body = folded[1:]
+    if separable == "dense":
+        body = _compose_separable_pairs(body)
+    return _Edge(node, state, nn.Sequential(*body), activated=True)
+
+
+class _Step(nn.Module):
+    """One convolution (or op) of a cell: reads states, activated or raw, and adds its output slices to nodes."""
+
+    def __init__(self, inputs: tuple[int, ...], activated: bool, targets: tuple[int, ...], body: nn.Module, fresh: bool = True) -> None:
+        super().__init__()
+        self.inputs, self.activated, self.targets, self.body, self.fresh = inputs, activated, targets, body, fresh
+
+
+class FastCell(nn.Module):
+    """A cell computed source by source: the ops that are one convolution and leave the same states with the
+    same kernel become one convolution (stacked outputs; inputs concatenated where every output reads every input).
+
+    ``separable="dense"`` computes each depthwise + 1x1 pair of the separable ops
+    as one dense convolution (exact, but about 6x the arithmetic at 20 channels);
+    ``"keep"`` runs them as trained.
+    """
+
+    def __init__(self, cell: Cell, channels: int, separable: Separable = "keep") -> None:
+        super().__init__()
+        self.channels, self.nodes = channels, len(cell.nodes)
+        edges = [e for i, (ops, inputs) in enumerate(zip(cell.nodes, cell.inputs)) for op, j in zip(ops, inputs)
+                 if (e := _edge(i, j, op, separable)) is not None]
+        steps: list[_Step] = []
+        for stage in [(0, 1)] + [(2 + i,) for i in range(self.nodes - 1)]:
+            mine = [e for e in edges if e.state in stage]
+            groups: dict[tuple[int, int], list[_Edge]] = {}
+            for e in mine:
+                if e.conv is not None:
+                    groups.setdefault((e.conv.weight.shape[-1], e.conv.dilation), []).append(e)
+            for members in groups.values():
+                steps += self._summed(members)
+            steps += [_Step((e.state,), e.activated, (e.node,), e.body, e.fresh) for e in mine if e.conv is None]
+        self.steps = nn.ModuleList(steps)
+        self.raw_inputs = {j for s in steps if not s.activated for j in s.inputs}
+        first: dict[int, int] = {}
+        for k, s in enumerate(steps):
+            for t in s.targets:
+                first.setdefault(t, k)
+        self.direct = next((k for k, s in enumerate(steps) if s.fresh and s.targets == tuple(range(self.nodes))
+                            and all(first[t] == k for t in s.targets)), None)
+        """Index of a step that writes every node, in order, before any other: its output is the cell's, no concatenation."""
+
+    def _summed(self, members: list[_Edge]) -> list[_Step]:
+        """One convolution over every source read by every target, else one per source, outputs stacked by node."""
+        sources = sorted({e.state for e in members})
+        targets = sorted({e.node for e in members})
+        full = all(any(e.state == j and e.node == t for e in members) for j in sources for t in targets)
+        steps = []
+        for group in [sources] if full else [[j] for j in sources]:
+            mine = [e for e in members if e.state in group]
+            outs = sorted({e.node for e in mine})
+            ref = mine[0].conv
+            c, ci = self.channels, ref.weight.shape[1]
+            weight = ref.weight.new_zeros(len(outs) * c, len(group) * ci, *ref.weight.shape[2:], dtype=torch.float64)
+            bias = weight.new_zeros(len(outs) * c)
+            for e in mine:
+                o, i = outs.index(e.node) * c, group.index(e.state) * ci
+                weight[o : o + c, i : i + ci] += e.conv.weight.double()
+                bias[o : o + c] += e.conv.bias.double()
+            steps.append(_Step(tuple(group), True, tuple(outs), FusedConv((weight, bias), dilation=ref.dilation)))
+        return steps
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        states: list[torch.Tensor | None] = [s1, s0] + [None] * self.nodes
+        acts: dict[int, torch.Tensor] = {}
+        acc: list[torch.Tensor | None] = [None] * self.nodes
+        owned = [False] * self.nodes
+        out = None
+
+        def state(j: int) -> torch.Tensor:
+            if states[j] is None:
+                i = j - 2
+                states[j] = acc[i] if acc[i] is not None else torch.zeros_like(s0)
+            return states[j]
+
+        def activated(j: int) -> torch.Tensor:
+            if j not in acts:
+                x = state(j)
+                acts[j] = F.leaky_relu_(x, NEGATIVE_SLOPE) if j < 2 and j not in self.raw_inputs \
+                    else F.leaky_relu(x, NEGATIVE_SLOPE)
+            return acts[j]
+
+        for k, step in enumerate(self.steps):
+            xs = [activated(j) if step.activated else state(j) for j in step.inputs]
+            y = step.body(xs[0] if len(xs) == 1 else torch.cat(xs, dim=1))
+            if k == self.direct:
+                out = y
+            parts = [y] if len(step.targets) == 1 else y.split(self.channels, dim=1)
+            for t, part in zip(step.targets, parts):
+                if acc[t] is None:
+                    acc[t], owned[t] = part, step.fresh
+                elif owned[t]:
+                    acc[t].add_(part)
+                else:
+                    acc[t], owned[t] = acc[t] + part, True
+        if out is not None:
+            return out
+        return torch.cat([state(2 + i) for i in range(self.nodes)], dim=1)
+
+
+class FastNetwork(nn.Module):
+    """Inference form of a :class:`~hinas.network.Network`: equal outputs, BatchNorm folded, activations computed once.
+
+    Beyond the cells: the stem's two activations in a row are one LeakyReLU with
+    the squared slope (its raw output is never read); when the decoder's endpoint
+    is ``reduce``, the 3x3 ``reduce`` and the 1x1 projection after it (no
+    activation between) are one 3x3 convolution to 48 channels. Build it from a
+    trained network; it copies the folded weights as buffers.
+    """
+
+    def __init__(self, net: Network, separable: Separable = "keep", channels_last: bool = True) -> None:
+        super().__init__()
+        space = net.genotype.space
+        self.task, self.scale, self.channels_last = space.task, space.scale, channels_last
+        stem1 = fold_sequential(net.stem.stem1)[0]
+        self.stem1 = FusedConv((stem1.weight.double(), stem1.bias.double()), act=NEGATIVE_SLOPE**2)
+        self.stem2 = fold_sequential(net.stem.stem2)[1]
+        self.endpoint_layer = net.endpoint_layer
+        proj = fold_sequential(net.decoder.proj)[0]
+        if net.endpoint_layer is None:
+            reduce = fold_sequential(net.reduce)[0]
+            self.proj = FusedConv(compose_pointwise(reduce, proj), act=proj.act)
+        else:
+            self.proj = proj
+        self.scale0 = nn.ModuleList(fold_sequential(layer.scale0)[1] for layer in net.layers)
+        self.scale1 = nn.ModuleList(fold_sequential(layer.scale1)[1] for layer in net.layers)
+        self.cells = nn.ModuleList(FastCell(layer.cell, layer.scale0[1].out_channels, separable) for layer in net.layers)
+        self.decoder = FastDecoder(net.decoder)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """What the network adds to its input (denoising: minus the noise; SR: to the bicubic upscale, before pixel shuffle)."""
+        # Every feature is read through an activation except by the endpoint projection, which runs first:
+        # so activations are computed in place, and the stem's two in a row are one (slope squared).
+        a1 = self.stem1(x)
+        h0 = self.stem2(a1)
+        endpoint = self.proj(h0) if self.endpoint_layer is None else None
+        a0 = F.leaky_relu_(h0, NEGATIVE_SLOPE)
+        for i, cell in enumerate(self.cells):
+            h = cell(self.scale0[i](a0), self.scale1[i](a1))
+            if i == self.endpoint_layer:
+                endpoint = self.proj(h)
+            a1, a0 = a0, F.leaky_relu_(h, NEGATIVE_SLOPE)
+        return self.decoder(a0, endpoint)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return reconstruct(x, self.residual(x), self.task, self.scale)
+
+
+def reconstruct(image: torch.Tensor, residual: torch.Tensor, task: str, scale: int) -> torch.Tensor:
+    """The residual learning of HiNAS: denoising subtracts the predicted noise, SR adds to the MATLAB-bicubic upscale."""
+    if task == "sr":
+        from .resize import imresize
+
+        return imresize(image, scale) + F.pixel_shuffle(residual, scale)
+    return image - residual
+
+
+class FastDecoder(nn.Module):
+    """The decoder with BatchNorm folded; the endpoint projection is done by the caller (it may fold into ``reduce``)."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        if len(decoder.pre) != 1:
+            raise ValueError("the inference form is for derived networks (one decoder input)")
+        pre = decoder.pre[0]
+        self.pre = FastASPP(pre) if isinstance(pre, ASPP) else fold_sequential(pre)
+        self.fuse = nn.Sequential(*(c for block in decoder.fuse for c in fold_sequential(block)))
+        self.head = fold_sequential(nn.Sequential(decoder.head))[0]
+
+    def forward(self, x1: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        """``x1``: the activated last feature; ``projected``: the endpoint after the 48-channel projection."""
+        return self.head(self.fuse(torch.cat([projected, self.pre(x1)], dim=1)))
+
+
+class FastASPP(nn.Module):
+    def __init__(self, aspp: ASPP) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(fold_sequential(b) for b in aspp.branches)
+        self.fuse = fold_sequential(aspp.fuse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([b(x) for b in self.branches], dim=1))
+
+
+Backend = Literal["torch", "compile", "onnxruntime"]
+BACKENDS: tuple[str, ...] = ("torch", "compile", "onnxruntime")
+
+
+class InferenceModel(nn.Module):
+    """A trained network's inference form behind a back-end; call it like the network in eval mode.
+
+    ``torch``: :class:`FastNetwork` in eager PyTorch (channels_last on CPU).
+    ``compile``: the same through ``torch.compile`` (needs a C++ compiler on CPU;
+    the first call of each input size compiles, a minute or more on two cores).
+    ``onnxruntime``: the inference form exported to ONNX and run by ONNX Runtime
+    on the CPU (any image size; the SR bicubic upscale stays in PyTorch).
+    Outputs equal the trained network's in eval mode to float32 rounding.
+    """
+
+    def __init__(self, net: Network, backend: Backend = "torch", *, separable: Separable = "keep",
+                 channels_last: bool | None = None) -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+        device = next(net.parameters()).device
+        self.genotype, self.backend = net.genotype, backend
+        self.fast = FastNetwork(net, separable, device.type == "cpu" if channels_last is None else channels_last)
+        if backend == "compile":
+            self._run = torch.compile(self.fast)
+        elif backend == "onnxruntime":
+            if device.type != "cpu":
+                raise ConfigError(f"backend onnxruntime runs on the CPU; the network is on {device} (use backend torch or compile)")
+            self._run = _OnnxRuntime(self.fast)
+        else:
+            self._run = self.fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._run(x)
+
+
+class _OnnxRuntime:
+    """The inference form's residual predictor as an ONNX Runtime session (any size), plus the residual step in PyTorch."""
+
+    def __init__(self, fast: FastNetwork) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("backend onnxruntime needs the onnxruntime package: pip install 'hinas[onnx]'") from None
+        from .export import inference_onnx
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(inference_onnx(fast), options, providers=["CPUExecutionProvider"])
+        self.task, self.scale = fast.task, fast.scale
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (residual,) = self.session.run(None, {"degraded": x.detach().float().contiguous().numpy()})
+        return reconstruct(x, torch.from_numpy(residual), self.task, self.scale)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc reuse freed memory for large tensors instead of mapping fresh pages for each one. Process-wide.
+
+    Why: a forward pass allocates dozens of 20-200 MB feature maps; glibc maps every block over
+    32 MB afresh and the kernel zeroes its pages on first touch, which on the 2-core test machine
+    costs more than the arithmetic (a LeakyReLU over 80 x 512 x 512 floats: 70 ms instead of 12 ms).
+    Returns False where the C library is not glibc. Freed memory up to 1 GiB stays with the process.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 1 << 30))

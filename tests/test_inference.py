@@ -1,0 +1,197 @@
+"""The inference form against the training form (eval mode) on real photos, every op and every task, and its back-ends."""
+
+import random
+import shutil
+
+import pytest
+import skimage.data
+import torch
+from torch import nn
+
+from conftest import uniform_genotype
+from hinas.baselines import DnCNN
+from hinas.complexity import count_flops, count_params
+from hinas.degrade import seeded_noisy, sr_pair
+from hinas.errors import ConfigError
+from hinas.fold import compose_pointwise, compose_separable, conv_affine, fold_sequential
+from hinas.genotype import Genotype
+from hinas.inference import FastCell, FastNetwork, InferenceModel
+from hinas.network import Cell, Network
+from hinas.ops import HINAS_OPS, register_op, unregister_op
+from hinas.space import SearchSpace, preset
+
+TOLERANCE = 1e-4
+EDGE_OPS = [op for op in HINAS_OPS if op != "zero"]  # a genotype never holds zero; FastCell is checked with it below
+
+
+def photo(channels: int, size: tuple[int, int] = (72, 90)) -> torch.Tensor:
+    """A crop of a scikit-image photo in [0, 1]: the cameraman (gray) or the astronaut (colour)."""
+    img = skimage.data.camera() if channels == 1 else skimage.data.astronaut()
+    x = torch.from_numpy(img).float().div(255)
+    x = x[None] if channels == 1 else x.permute(2, 0, 1)
+    return x[:, 150 : 150 + size[0], 180 : 180 + size[1]].contiguous()
+
+
+def degraded(space: SearchSpace) -> torch.Tensor:
+    clean = photo(space.in_channels)
+    x = seeded_noisy(clean, 25, "photo") if space.task == "denoise" else sr_pair(clean, space.scale)[0]
+    return x.unsqueeze(0)
+
+
+def trained_like(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm scales and shifts, running statistics from a few training-mode passes: folding must matter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.affine:
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+        net.train()
+        space = net.genotype.space
+        for _ in range(2):
+            net(photo(space.in_channels)[:, :32, :32] + 0.1 * torch.rand(2, space.in_channels, 32, 32, generator=g))
+    return net.eval()
+
+
+def mixed_genotype(space: SearchSpace, seed: int) -> Genotype:
+    """Edges cycle through all six non-zero ops (each appears); inputs and the width path are drawn at random."""
+    rng = random.Random(seed)
+    ops = iter(EDGE_OPS * space.layers * space.nodes)
+    cells = tuple(tuple(tuple((next(ops), rng.randrange(2 + n)) for _ in range(2)) for n in range(space.nodes))
+                  for _ in range(space.layers))
+    path = [rng.randrange(2)]
+    for _ in range(space.layers - 1):
+        path.append(min(space.levels - 1, max(0, path[-1] + rng.choice((-1, 0, 1)))))
+    return Genotype(space, tuple(path), cells)
+
+
+DENOISE = preset("paper-denoise")
+SR = preset("paper-sr")  # colour, L=2, B=3, x4
+NETWORKS = [
+    # the three networks of the speed table (F=20), as the authors build them
+    ("gray-sep3x3-000", uniform_genotype(DENOISE, "sep_conv_3x3", (0, 0, 0)), 20),
+    ("gray-conv3x3-012", uniform_genotype(DENOISE, "conv_3x3", (0, 1, 2)), 20),
+    ("gray-dil5x5-122", uniform_genotype(DENOISE, "dil_conv_5x5", (1, 2, 2)), 20),
+    # every op in one network, random inputs and width paths
+    *[(f"gray-mixed-{seed}", mixed_genotype(DENOISE, seed), 8) for seed in (1, 2)],
+    ("color-mixed", mixed_genotype(DENOISE.replace(in_channels=3), 3), 8),
+    *[(f"sr-x{s}-mixed", mixed_genotype(SR.replace(scale=s), s), 8) for s in (2, 3, 4)],
+    ("sr-x2-gray-mixed", mixed_genotype(SR.replace(scale=2, in_channels=1), 7), 8),
+]
+CASES = [pytest.param(g, f, sep, id=f"{name}-{sep}") for name, g, f in NETWORKS for sep in ("keep", "dense")
+         if sep == "keep" or any(op.startswith("sep") for op in g.op_counts())]  # "dense" changes only separable ops
+
+
+@pytest.mark.parametrize("genotype, filters, separable", CASES)
+def test_inference_form_equals_training_form_on_real_images(genotype, filters, separable):
+    net = trained_like(Network(genotype, filters))
+    x = degraded(genotype.space)
+    with torch.no_grad():
+        expected = net(x)
+    fast = FastNetwork(net, separable)
+    out = fast(x)
+    assert out.shape == expected.shape
+    assert (out - expected).abs().max().item() < TOLERANCE
+    assert not list(fast.parameters()) and not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+
+
+def test_cells_with_the_zero_op_and_an_unknown_op_equal_the_trained_cell():
+    register_op("scaled_skip", lambda c, affine: ScaledSkip())
+    try:
+        genotype = ((("sep_conv_5x5", 1), ("zero", 0)), (("scaled_skip", 2), ("dil_conv_3x3", 0)),
+                    (("zero", 1), ("zero", 3)), (("identity", 4), ("conv_3x3", 2)))
+        cell = Cell(genotype, 6)
+        trained_like_cell(cell)
+        s0, s1 = torch.randn(2, 6, 17, 23), torch.randn(2, 6, 17, 23)
+        with torch.no_grad():
+            expected = cell(s0.clone(), s1.clone())
+        for separable in ("keep", "dense"):
+            out = FastCell(cell, 6, separable)(s0.clone(), s1.clone())
+            assert (out - expected).abs().max().item() < TOLERANCE
+    finally:
+        unregister_op("scaled_skip")
+
+
+class ScaledSkip(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x
+
+
+def trained_like_cell(cell: nn.Module) -> None:
+    for m in cell.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    cell.eval()
+
+
+def test_cells_reading_only_their_inputs_with_one_kernel_are_one_convolution():
+    """The authors' uniform conv cells: all eight edges, four nodes, one convolution writing the cell's output directly."""
+    fast = FastNetwork(trained_like(Network(uniform_genotype(DENOISE, "conv_3x3", (0, 1, 2)), 20)))
+    for cell, width in zip(fast.cells, (20, 30, 40)):
+        (step,) = cell.steps
+        assert step.inputs == (0, 1) and step.targets == (0, 1, 2, 3) and cell.direct == 0
+        assert step.body.weight.shape == (4 * width, 2 * width, 3, 3)
+
+
+def test_folding_primitives_are_exact():
+    torch.manual_seed(1)
+    conv, bn = nn.Conv2d(5, 7, 3, padding=2, dilation=2, bias=True), nn.BatchNorm2d(7)
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    x = torch.randn(2, 5, 12, 11)
+    with torch.no_grad():
+        fused = fold_sequential(nn.Sequential(conv, bn.eval(), nn.LeakyReLU(0.2)))
+        assert len(fused) == 1
+        torch.testing.assert_close(fused(x), nn.functional.leaky_relu(bn(conv(x)), 0.2), atol=1e-5, rtol=1e-5)
+        dw, pw = nn.Conv2d(5, 5, 3, padding=1, groups=5), nn.Conv2d(5, 4, 1)
+        w, b = compose_separable(conv_affine(dw), conv_affine(pw))
+        torch.testing.assert_close(nn.functional.conv2d(x, w.float(), b.float(), padding=1), pw(dw(x)), atol=1e-5, rtol=1e-5)
+        first, second = fold_sequential(nn.Sequential(nn.Conv2d(5, 6, 3, padding=1), nn.Conv2d(6, 3, 1)))
+        w, b = compose_pointwise(first, second)
+        torch.testing.assert_close(nn.functional.conv2d(x, w.float(), b.float(), padding=1), second(first(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_inference_model_holds_no_autograd_state():
+    net = trained_like(Network(mixed_genotype(DENOISE, 5), 4))
+    model = InferenceModel(net)
+    x = degraded(DENOISE).requires_grad_()
+    y = model(x)
+    assert not y.requires_grad and not list(model.parameters())
+    with torch.no_grad():
+        assert (y - net(x)).abs().max().item() < TOLERANCE
+
+
+@pytest.mark.parametrize("genotype", [mixed_genotype(DENOISE, 4), mixed_genotype(SR.replace(scale=3), 5)], ids=["denoise", "sr-x3"])
+def test_onnxruntime_backend_equals_training_form_at_any_size(genotype):
+    net = trained_like(Network(genotype, 8))
+    model = InferenceModel(net, "onnxruntime")
+    for crop in ((slice(None), slice(None)), (slice(3, 40), slice(5, 58))):
+        x = degraded(genotype.space)[(..., *crop)]
+        with torch.no_grad():
+            expected = net(x)
+        assert (model(x) - expected).abs().max().item() < TOLERANCE
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compile_backend_equals_training_form():
+    net = trained_like(Network(uniform_genotype(SearchSpace(layers=2, nodes=2, filters=4), "sep_conv_3x3", (0, 1)), 4))
+    x = degraded(net.genotype.space)[..., :48, :48]
+    with torch.no_grad():
+        expected = net(x)
+    assert (InferenceModel(net, "compile")(x) - expected).abs().max().item() < TOLERANCE
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ConfigError, match="backend: 'tensorrt' is not one of torch, compile, onnxruntime"):
+        InferenceModel(Network(mixed_genotype(DENOISE, 1), 4), "tensorrt")
+
+
+def test_dncnn17_is_the_standard_network():
+    net = DnCNN()
+    assert count_params(net) == 556_096  # the 0.56 M of the DnCNN paper
+    assert int(count_flops(net, (1, 1, 64, 64)) * 64 / 1e9) == 290  # GFLOP at 512x512, as in the speed table
+    x = torch.rand(1, 1, 16, 16)
+    nn.init.zeros_(net.body[-1].weight)
+    torch.testing.assert_close(net.eval()(x), x)  # residual: predicts the noise and subtracts it
