@@ -95,7 +95,7 @@ class ScaledBatchNorm(nn.BatchNorm2d):
         return _NormLeaky.apply(x, self.running_mean, self.running_var, self.momentum, self.eps)
 
     def edge_links(self, name: str, ref: str, rows: slice) -> Links:
-        pick: View = lambda t: t[rows]  # noqa: E731
+        pick: View = lambda t: t[rows]
         return {
             f"{name}.running_mean": (f"{ref}.running_mean", pick),
             f"{name}.running_var": (f"{ref}.running_var", pick),
@@ -178,7 +178,7 @@ class StackedSep(nn.Module):
         }
 
 
-SHARED_INPUT: dict[str, type[StackedConv] | type[StackedSep]] = {"conv": StackedConv, "sep": StackedSep}
+SHARED_INPUT: dict[str, type[StackedConv | StackedSep]] = {"conv": StackedConv, "sep": StackedSep}
 """Op kinds that read the state through the shared pre-activation, and the module running them for all its edges."""
 
 

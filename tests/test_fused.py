@@ -8,9 +8,9 @@ float32 test then checks the production dtype on the paper's space, whose float3
 
 import pytest
 import torch
+from conftest import small_space
 from torch import nn
 
-from conftest import small_space
 from hinas.cells import ReferenceCell
 from hinas.fused import FusedCell
 from hinas.ops import act_conv_bn, register_op, unregister_op

@@ -1,12 +1,12 @@
 import pytest
 import torch
+from conftest import small_space
 from torch import nn
 
-from conftest import small_space
+from hinas.fused import FusedCell
 from hinas.genotype import Genotype, derive_cell
 from hinas.network import Cell
 from hinas.space import SearchSpace, preset
-from hinas.fused import FusedCell
 from hinas.supernet import ReferenceCell, SearchCell, Supernet
 
 
