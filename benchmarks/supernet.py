@@ -15,7 +15,7 @@ torch.cuda.max_memory_allocated). Configurations:
 GFLOP per step is nominal: 3 x the reference supernet's forward convolution FLOPs (hinas.complexity;
 backward ~ 2 x forward), the same for every impl, so GFLOP/s compares useful work. It is set against
 the rate of one dense 64-channel 3x3 convolution (forward + backward, batch 6, 64x64) measured in the
-same run. ``--profile`` adds a per-op-type table of one fused step (time share, GFLOP, GFLOP/s); its GFLOP
+same run. ``--profile`` (CPU) adds a per-op-type table of one fused step (time share, GFLOP, GFLOP/s); its GFLOP
 are the ones executed (block-diagonal 1x1 zeros and the recomputed depthwise->pointwise pairs included).
 On a loaded machine compare the "CPU s" column (process time), not the wall-clock s/step.
 
@@ -163,8 +163,7 @@ def profile_step(step: Any) -> list[dict[str, Any]]:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])],
-                 record_shapes=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         step()
     groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # name -> [seconds, GFLOP]
     everything = 0.0
@@ -240,13 +239,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU (default 2, the target machine's cores)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration after one warm-up (default 3)")
     parser.add_argument("--quick", action="store_true", help="1 timed step, fewer batch sizes, ablation at batch 2")
-    parser.add_argument("--profile", action="store_true", help="add a per-op-type profile of one fused denoising step (batch 6)")
+    parser.add_argument("--profile", action="store_true", help="CPU only: add a per-op-type profile of one fused denoising step (batch 6)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(json.loads(args.child))))
         return
     device = torch.device(args.device)
+    if args.profile and device.type != "cpu":
+        parser.error("--profile times CPU kernels; run it with --device cpu")
     torch.set_num_threads(args.threads)
     steps = 1 if args.quick else args.steps
     common = {"device": args.device, "threads": args.threads, "steps": steps}
