@@ -19,10 +19,12 @@ same run. ``--profile`` (CPU) adds a per-op-type table of one fused step (time s
 are the ones executed (block-diagonal 1x1 zeros and the recomputed depthwise->pointwise pairs included).
 On a loaded machine compare the "CPU s" column (process time), not the wall-clock s/step.
 
-    python benchmarks/supernet.py [--device cuda] [--threads 2] [--steps 3] [--quick] [--profile]
+    python benchmarks/supernet.py [--device cuda] [--threads 2] [--steps 2] [--quick] [--profile]
 
-The full CPU run takes about 8 minutes on a quiet 2-core machine at 2 threads (3 timed steps);
---quick (1 timed step, denoising batch 6 and SR batch 8 only, ablation at batch 2) about 3 minutes.
+The full CPU run takes about 7 minutes on a quiet 2-core machine at 2 threads (2 timed steps; estimated
+from 1-thread CPU times: about 11 minutes at one thread) and needs about 13 GB of free memory (the
+reference supernet on SR batch 24); --quick (1 timed step, denoising batch 6 and SR batch 8 only,
+ablation at batch 2) about 3 minutes and 6 GB.
 Prints the tables and writes benchmarks/results/supernet_<device>.json and
 benchmarks/results/supernet_ablation_<device>.png.
 """
@@ -237,7 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU (default 2, the target machine's cores)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration after one warm-up (default 3)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration after one warm-up (default 2)")
     parser.add_argument("--quick", action="store_true", help="1 timed step, fewer batch sizes, ablation at batch 2")
     parser.add_argument("--profile", action="store_true", help="CPU only: add a per-op-type profile of one fused denoising step (batch 6)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
