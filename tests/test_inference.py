@@ -132,7 +132,7 @@ def test_cells_reading_only_their_inputs_with_one_kernel_are_one_convolution():
     fast = FastNetwork(trained_like(Network(uniform_genotype(DENOISE, "conv_3x3", (0, 1, 2)), 20)))
     for cell, width in zip(fast.cells, (20, 30, 40)):
         (step,) = cell.steps
-        assert step.inputs == (0, 1) and step.targets == (0, 1, 2, 3) and cell.direct == 0
+        assert step.inputs == (0, 1) and step.targets == (0, 1, 2, 3) and cell.direct
         assert step.body.weight.shape == (4 * width, 2 * width, 3, 3)
 
 
