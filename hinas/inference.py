@@ -257,8 +257,6 @@ class FastNetwork(nn.Module):
         for cell, scalers in zip(self.cells, zip(self.scale0, self.scale1)):
             for scaler in scalers:
                 scaler.memory_format = cell.input_layout
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """What the network adds to its input (denoising: minus the noise; SR: to the bicubic upscale, before pixel shuffle)."""
@@ -276,7 +274,7 @@ class FastNetwork(nn.Module):
         return self.decoder(a0, endpoint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
+        if self.channels_last and not cpu_kernels(x):
             x = x.contiguous(memory_format=torch.channels_last)
         return reconstruct(x, self.residual(x), self.task, self.scale)
 
