@@ -5,7 +5,11 @@ concatenations around 20-40-channel convolutions), so on CPUs it achieves a frac
 rate of a plain network such as DnCNN and is slower despite doing a third of its arithmetic. Here
 BatchNorm is folded into the convolution before it, every activation is computed once per feature,
 convolutions that read the same features with the same kernel become one wider convolution (stacked
-outputs, or concatenated inputs where they feed the same sum), and features are kept channels_last.
+outputs, or concatenated inputs where they feed the same sum). On the CPU each convolution runs on the
+kernel and in the layout measured fastest for its kind (:class:`~hinas.fold.FusedConv`: Winograd for
+dense 3x3 in NCHW, oneDNN for depthwise and dilated ones in channels_last, 1x1 as matrix products that
+change layout for free), a cell's nodes are written in place into slices of its output (no sums of
+temporaries, no concatenation), and the decoder never concatenates its two inputs.
 """
 
 from __future__ import annotations
@@ -335,7 +339,7 @@ BACKENDS: tuple[str, ...] = ("torch", "compile", "onnxruntime")
 class InferenceModel(nn.Module):
     """A trained network's inference form behind a back-end; call it like the network in eval mode.
 
-    ``torch``: :class:`FastNetwork` in eager PyTorch (channels_last on CPU).
+    ``torch``: :class:`FastNetwork` in eager PyTorch (on the CPU, each kernel in its best layout).
     ``compile``: the same through ``torch.compile`` (needs a C++ compiler on CPU;
     the first call of each input size compiles, a minute or more on two cores).
     ``onnxruntime``: the inference form exported to ONNX and run by ONNX Runtime
