@@ -156,7 +156,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     y = torch.empty((n, weight.shape[0], h, w), dtype=x.dtype, memory_format=memory_format) if out is None else out
     for xi, yi in zip(x, y):
         a, a_by_pixel = _matrix(xi)
-        result, by_pixel = _matrix(yi)
+        result, by_pixel = _matrix(yi, writable=True)
         if by_pixel:  # result[pixel, out channel]
             left, right, b = (a if a_by_pixel else a.t()), weight.t(), bias
         else:  # result[out channel, pixel]
@@ -188,12 +188,16 @@ def shifted_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dila
     return y
 
 
-def _matrix(feature: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """A view of one image's feature (C, H, W) as pixels x channels (True) or channels x pixels, as laid out."""
+def _matrix(feature: torch.Tensor, writable: bool = False) -> tuple[torch.Tensor, bool]:
+    """One image's feature (C, H, W) as pixels x channels (True) or channels x pixels, as laid out.
+
+    ``writable``: a view (an error where none exists), so that what is written to it lands in ``feature``.
+    """
     c, h, w = feature.shape
     if feature.stride(0) == 1 and c > 1:
-        return feature.permute(1, 2, 0).reshape(h * w, c), True
-    return feature.reshape(c, h * w), False
+        hwc = feature.permute(1, 2, 0)
+        return (hwc.view(h * w, c) if writable else hwc.reshape(h * w, c)), True
+    return (feature.view(c, h * w) if writable else feature.reshape(c, h * w)), False
 
 
 def activation_slope(module: nn.Module) -> float | None:
