@@ -62,15 +62,15 @@ def trained_like(net: nn.Module, channels: int) -> nn.Module:
 
 
 class Folded(nn.Module):
-    """DnCNN-17 with the same folding as the inference form (BN into conv, in-place ReLU), for reference."""
+    """DnCNN-17 with the inference form's folding (BN into conv, in-place ReLU) and, on the CPU, its kernels
+    (Winograd 3x3, the one-output head as shifted taps), for reference: what the same treatment gives DnCNN."""
 
     def __init__(self, dncnn: DnCNN) -> None:
         super().__init__()
-        self.body = fold_sequential(dncnn.body).to(memory_format=torch.channels_last)
+        self.body = fold_sequential(dncnn.body)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            x = x.contiguous(memory_format=torch.channels_last)
             return x - self.body(x)
 
 
@@ -160,7 +160,7 @@ def speed_table(device: torch.device, repeats: int, batch: int) -> list[dict[str
     dncnn = trained_like(DnCNN(), 1).to(device)
     models["DnCNN-17 (plain PyTorch)"] = (dncnn, dncnn)
     if device.type == "cpu":
-        models["DnCNN-17 folded (reference)"] = (Folded(dncnn), dncnn)
+        models["DnCNN-17 folded, same kernels (reference)"] = (Folded(dncnn), dncnn)
     for name, op, path in TABLE:
         net = trained_like(Network(uniform(DENOISE, op, path), 20), 1).to(device)
         models[f"{name} training form"] = (net, net)

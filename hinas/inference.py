@@ -5,7 +5,11 @@ concatenations around 20-40-channel convolutions), so on CPUs it achieves a frac
 rate of a plain network such as DnCNN and is slower despite doing a third of its arithmetic. Here
 BatchNorm is folded into the convolution before it, every activation is computed once per feature,
 convolutions that read the same features with the same kernel become one wider convolution (stacked
-outputs, or concatenated inputs where they feed the same sum), and features are kept channels_last.
+outputs, or concatenated inputs where they feed the same sum). On the CPU each convolution runs on the
+kernel and in the layout measured fastest for its kind (:class:`~hinas.fold.FusedConv`: Winograd for
+dense 3x3 in NCHW, oneDNN for depthwise and dilated ones in channels_last, 1x1 as matrix products that
+change layout for free), a cell's nodes are written in place into slices of its output (no sums of
+temporaries, no concatenation), and the decoder never concatenates its two inputs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .fold import FusedConv, PreAct, compose_pointwise, compose_separable, fold_sequential
+from .fold import FusedConv, PreAct, compose_pointwise, compose_separable, cpu_kernels, fold_sequential
 from .layers import ASPP, Decoder
 from .network import Cell, Network
 from .ops import NEGATIVE_SLOPE, Zero
@@ -85,6 +89,15 @@ class _Step(nn.Module):
     def __init__(self, inputs: tuple[int, ...], activated: bool, targets: tuple[int, ...], body: nn.Module, fresh: bool = True) -> None:
         super().__init__()
         self.inputs, self.activated, self.targets, self.body, self.fresh = inputs, activated, targets, body, fresh
+        self.tail_bias: torch.Tensor | None = None
+        """Set where the body ends in a 1x1 convolution that writes its node in place (see FastCell); then that
+        node's share of the summed biases of all such convolutions, or None for the ones that add after the first."""
+
+    @property
+    def tail(self) -> FusedConv | None:
+        """The 1x1 convolution (no activation) that ends a one-node op, e.g. a separable one."""
+        last = self.body[-1] if isinstance(self.body, nn.Sequential) and len(self.body) > 1 else None
+        return last if isinstance(last, FusedConv) and last.is_pointwise and last.act is None and len(self.targets) == 1 else None
 
 
 class FastCell(nn.Module):
@@ -117,9 +130,17 @@ class FastCell(nn.Module):
         for k, s in enumerate(steps):
             for t in s.targets:
                 first.setdefault(t, k)
-        self.direct = next((k for k, s in enumerate(steps) if s.fresh and s.targets == tuple(range(self.nodes))
-                            and all(first[t] == k for t in s.targets)), None)
-        """Index of a step that writes every node, in order, before any other: its output is the cell's, no concatenation."""
+        self.direct = bool(first) and steps[0].tail is None and all(k == 0 for k in first.values()) and steps[0].fresh and steps[0].targets == tuple(range(self.nodes))
+        """The first step writes every node, in order: its output is the cell's output buffer."""
+        biased: set[int] = set()
+        for s in steps:
+            if s.tail is not None and s.targets[0] not in biased:
+                t = s.targets[0]
+                biased.add(t)
+                s.tail_bias = sum(r.tail.bias for r in steps if r.tail is not None and r.targets == (t,))
+        self.input_layout = torch.contiguous_format if steps and all(_reads_nchw(s.body) for s in steps if {0, 1} & set(s.inputs)) \
+            else torch.channels_last
+        """Where every convolution reading the cell's inputs is a Winograd one (NCHW on the CPU), the inputs are NCHW."""
 
     def _summed(self, members: list[_Edge]) -> list[_Step]:
         """One convolution over every source read by every target, else one per source, outputs stacked by node."""
@@ -142,16 +163,27 @@ class FastCell(nn.Module):
         return steps
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        """On the CPU, nodes are channel slices of the output written in place: no temporary sums, no concatenation.
+
+        Elsewhere (GPU, ONNX tracing, torch.compile) nodes are summed and concatenated out of place.
+        """
+        in_place = cpu_kernels(s0)
         states: list[torch.Tensor | None] = [s1, s0] + [None] * self.nodes
         acts: dict[int, torch.Tensor] = {}
-        acc: list[torch.Tensor | None] = [None] * self.nodes
-        owned = [False] * self.nodes
-        out = None
+        c = self.channels
+        out: torch.Tensor | None = None
+        if in_place and not self.direct:
+            layout = torch.channels_last if s0.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            out = torch.empty((s0.shape[0], self.nodes * c, *s0.shape[2:]), dtype=s0.dtype, device=s0.device, memory_format=layout)
+        nodes: list[torch.Tensor | None] = [None] * self.nodes
+        """Out of place: each node's sum so far; in place: its slice of ``out``, once written."""
 
         def state(j: int) -> torch.Tensor:
             if states[j] is None:
-                i = j - 2
-                states[j] = acc[i] if acc[i] is not None else torch.zeros_like(s0)
+                node = nodes[j - 2]
+                if node is None:  # a node of zero ops only
+                    node = out[:, (j - 2) * c : (j - 1) * c].zero_() if in_place else torch.zeros_like(s0)
+                states[j] = node
             return states[j]
 
         def activated(j: int) -> torch.Tensor:
@@ -161,22 +193,41 @@ class FastCell(nn.Module):
                     else F.leaky_relu(x, NEGATIVE_SLOPE)
             return acts[j]
 
-        for k, step in enumerate(self.steps):
+        for step in self.steps:
             xs = [activated(j) if step.activated else state(j) for j in step.inputs]
-            y = step.body(xs[0] if len(xs) == 1 else torch.cat(xs, dim=1))
-            if k == self.direct:
+            x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
+            if out is not None and step.tail is not None:
+                t = step.targets[0]
+                node = out[:, t * c : (t + 1) * c]
+                step.tail.into(step.body[:-1](x), node, step.tail_bias, accumulate=nodes[t] is not None)
+                nodes[t] = node
+                continue
+            y = step.body(x)
+            if in_place and out is None:  # the direct step
                 out = y
-            parts = [y] if len(step.targets) == 1 else y.split(self.channels, dim=1)
+            parts = [y] if len(step.targets) == 1 else y.split(c, dim=1)
             for t, part in zip(step.targets, parts):
-                if acc[t] is None:
-                    acc[t], owned[t] = part, step.fresh
-                elif owned[t]:
-                    acc[t].add_(part)
+                if not in_place:
+                    nodes[t] = part if nodes[t] is None else nodes[t] + part
+                elif nodes[t] is None:
+                    nodes[t] = out[:, t * c : (t + 1) * c]
+                    if part.data_ptr() != nodes[t].data_ptr():
+                        nodes[t].copy_(part)
                 else:
-                    acc[t], owned[t] = acc[t] + part, True
-        if out is not None:
+                    nodes[t].add_(part)
+        if in_place:
+            for i in range(self.nodes):
+                state(2 + i)
             return out
+        if self.direct and len(self.steps) == 1:
+            return y
         return torch.cat([state(2 + i) for i in range(self.nodes)], dim=1)
+
+
+def _reads_nchw(body: nn.Module) -> bool:
+    """The op starts with a convolution that runs fastest on NCHW inputs on the CPU (a Winograd one)."""
+    first = body[0] if isinstance(body, nn.Sequential) and len(body) else body
+    return isinstance(first, FusedConv) and first.winograd
 
 
 class FastNetwork(nn.Module):
@@ -207,8 +258,9 @@ class FastNetwork(nn.Module):
         self.scale1 = nn.ModuleList(fold_sequential(layer.scale1)[1] for layer in net.layers)
         self.cells = nn.ModuleList(FastCell(layer.cell, layer.scale0[1].out_channels, separable) for layer in net.layers)
         self.decoder = FastDecoder(net.decoder)
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        for cell, scalers in zip(self.cells, zip(self.scale0, self.scale1)):
+            for scaler in scalers:
+                scaler.memory_format = cell.input_layout
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """What the network adds to its input (denoising: minus the noise; SR: to the bicubic upscale, before pixel shuffle)."""
@@ -226,7 +278,7 @@ class FastNetwork(nn.Module):
         return self.decoder(a0, endpoint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
+        if self.channels_last and not cpu_kernels(x):
             x = x.contiguous(memory_format=torch.channels_last)
         return reconstruct(x, self.residual(x), self.task, self.scale)
 
@@ -241,7 +293,12 @@ def reconstruct(image: torch.Tensor, residual: torch.Tensor, task: str, scale: i
 
 
 class FastDecoder(nn.Module):
-    """The decoder with BatchNorm folded; the endpoint projection is done by the caller (it may fold into ``reduce``)."""
+    """The decoder with BatchNorm folded; the endpoint projection is done by the caller (it may fold into ``reduce``).
+
+    Its first separable block reads the concatenation [projected endpoint, pre-processed feature]: its
+    depthwise convolution is run on each part and its 1x1 convolution sums the two parts' products,
+    so the concatenation is never built.
+    """
 
     def __init__(self, decoder: Decoder) -> None:
         super().__init__()
@@ -249,12 +306,20 @@ class FastDecoder(nn.Module):
             raise ValueError("the inference form is for derived networks (one decoder input)")
         pre = decoder.pre[0]
         self.pre = FastASPP(pre) if isinstance(pre, ASPP) else fold_sequential(pre)
-        self.fuse = nn.Sequential(*(c for block in decoder.fuse for c in fold_sequential(block)))
+        depthwise, mix = fold_sequential(decoder.fuse[0])
+        e = decoder.proj[0].out_channels
+        self.depthwise = nn.ModuleList(FusedConv((w, b), groups=w.shape[0], act=depthwise.act) for w, b in
+                                       zip(depthwise.weight.double().split((e, depthwise.out_channels - e)), depthwise.bias.double().split((e, depthwise.out_channels - e))))
+        self.mix = nn.ModuleList(FusedConv((w, mix.bias.double())) for w in mix.weight.double().split((e, mix.weight.shape[1] - e), dim=1))
+        self.mix_act = mix.act
+        self.fuse = nn.Sequential(*(c for block in decoder.fuse[1:] for c in fold_sequential(block)))
         self.head = fold_sequential(nn.Sequential(decoder.head))[0]
 
     def forward(self, x1: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
         """``x1``: the activated last feature; ``projected``: the endpoint after the 48-channel projection."""
-        return self.head(self.fuse(torch.cat([projected, self.pre(x1)], dim=1)))
+        y = self.mix[1](self.depthwise[1](self.pre(x1)))
+        self.mix[0].into(self.depthwise[0](projected), y, None, accumulate=True)
+        return self.head(self.fuse(F.leaky_relu_(y, self.mix_act)))
 
 
 class FastASPP(nn.Module):
@@ -274,7 +339,7 @@ BACKENDS: tuple[str, ...] = ("torch", "compile", "onnxruntime")
 class InferenceModel(nn.Module):
     """A trained network's inference form behind a back-end; call it like the network in eval mode.
 
-    ``torch``: :class:`FastNetwork` in eager PyTorch (channels_last on CPU).
+    ``torch``: :class:`FastNetwork` in eager PyTorch (on the CPU, each kernel in its best layout).
     ``compile``: the same through ``torch.compile`` (needs a C++ compiler on CPU;
     the first call of each input size compiles, a minute or more on two cores).
     ``onnxruntime``: the inference form exported to ONNX and run by ONNX Runtime

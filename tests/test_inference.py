@@ -13,7 +13,7 @@ from hinas.baselines import DnCNN
 from hinas.complexity import count_flops, count_params
 from hinas.degrade import seeded_noisy, sr_pair
 from hinas.errors import ConfigError
-from hinas.fold import compose_pointwise, compose_separable, conv_affine, fold_sequential
+from hinas.fold import FusedConv, compose_pointwise, compose_separable, conv_affine, fold_sequential, pointwise
 from hinas.genotype import Genotype
 from hinas.inference import FastCell, FastNetwork, InferenceModel
 from hinas.network import Cell, Network
@@ -132,7 +132,7 @@ def test_cells_reading_only_their_inputs_with_one_kernel_are_one_convolution():
     fast = FastNetwork(trained_like(Network(uniform_genotype(DENOISE, "conv_3x3", (0, 1, 2)), 20)))
     for cell, width in zip(fast.cells, (20, 30, 40)):
         (step,) = cell.steps
-        assert step.inputs == (0, 1) and step.targets == (0, 1, 2, 3) and cell.direct == 0
+        assert step.inputs == (0, 1) and step.targets == (0, 1, 2, 3) and cell.direct
         assert step.body.weight.shape == (4 * width, 2 * width, 3, 3)
 
 
@@ -151,6 +151,58 @@ def test_folding_primitives_are_exact():
         first, second = fold_sequential(nn.Sequential(nn.Conv2d(5, 6, 3, padding=1), nn.Conv2d(6, 3, 1)))
         w, b = compose_pointwise(first, second)
         torch.testing.assert_close(nn.functional.conv2d(x, w.float(), b.float(), padding=1), second(first(x)), atol=1e-5, rtol=1e-5)
+
+
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
+@pytest.mark.parametrize("source", LAYOUTS, ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("target", LAYOUTS, ids=["to-nchw", "to-nhwc"])
+def test_pointwise_products_read_and_write_either_layout_and_channel_slices(source, target):
+    torch.manual_seed(2)
+    x, w, b = torch.randn(2, 5, 6, 9).contiguous(memory_format=source), torch.randn(7, 5), torch.randn(7)
+    expected = nn.functional.conv2d(x, w[:, :, None, None], b)
+    y = pointwise(x, w, b, target)
+    assert y.is_contiguous(memory_format=target)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    buffer = torch.full((2, 12, 6, 9), 7.0).contiguous(memory_format=target)
+    node = buffer[:, 3:10]
+    pointwise(x, w, b, out=node)  # written in place, then added to twice, with and without a bias
+    pointwise(x, w, None, out=node, accumulate=True)
+    pointwise(x, w, b, out=node, accumulate=True)
+    torch.testing.assert_close(buffer[:, 3:10], 3 * expected - b[:, None, None], atol=1e-5, rtol=1e-5)
+    assert (buffer[:, :3] == 7).all() and (buffer[:, 10:] == 7).all()
+
+
+@pytest.mark.parametrize("shape, kernel, dilation, groups, layout, path", [
+    ((16, 16), 3, 1, 1, torch.contiguous_format, "winograd"),
+    ((16, 24), 3, 1, 1, torch.channels_last, "onednn"),  # could be Winograd, but the input is channels_last
+    ((3, 64), 3, 1, 1, torch.contiguous_format, "direct nchw"),
+    ((20, 20), 3, 1, 20, torch.channels_last, "depthwise"),
+    ((20, 20), 5, 2, 1, torch.contiguous_format, "dilated"),
+    ((128, 1), 3, 1, 1, torch.channels_last, "taps"),
+    ((128, 2), 5, 2, 1, torch.contiguous_format, "taps"),
+    ((20, 30), 1, 1, 1, torch.channels_last, "pointwise"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_each_cpu_kernel_equals_the_plain_convolution(shape, kernel, dilation, groups, layout, path):
+    """Every path FusedConv takes on the CPU, at an odd size and at one smaller than the kernel's reach."""
+    (c_in, c_out), g = shape, torch.Generator().manual_seed(3)
+    w, b = torch.randn(c_out, c_in // groups, kernel, kernel, generator=g) / (c_in * kernel), torch.randn(c_out, generator=g)
+    conv = FusedConv((w, b), dilation=dilation, groups=groups, act=0.2)
+    assert conv.narrow == (path == "taps") and conv.is_pointwise == (path == "pointwise")
+    assert conv.winograd == (path in ("winograd", "onednn") or (path == "taps" and kernel == 3))
+    for size in ((37, 29), (3, 2)):
+        x = torch.randn(2, c_in, *size, generator=g).contiguous(memory_format=layout)
+        expected = nn.functional.leaky_relu(nn.functional.conv2d(x, w, b, padding=conv.padding, dilation=dilation, groups=groups), 0.2)
+        torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_batches_are_restored_image_by_image():
+    net = trained_like(Network(uniform_genotype(DENOISE, "sep_conv_3x3", (0, 1, 1)), 8))
+    x = torch.cat([degraded(DENOISE), degraded(DENOISE).flip(-1)])
+    with torch.no_grad():
+        expected = torch.cat([net(image[None]) for image in x])
+    assert (FastNetwork(net)(x) - expected).abs().max().item() < TOLERANCE
 
 
 def test_inference_model_holds_no_autograd_state():
