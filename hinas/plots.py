@@ -7,6 +7,7 @@ Every function takes plain run data (a ``history`` list as written to
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
@@ -158,5 +159,30 @@ def plot_comparison(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, torch.
             ax.set_title(title, fontsize=9)
         for ax in ax_row:
             ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+FAMILY_COLORS = {"hinas": "tab:blue", "random": "tab:orange", "dncnn": "tab:green", "bicubic": "tab:gray"}
+
+
+def plot_psnr_by_model(rows: Sequence[dict[str, Any]], sets: Sequence[str], title: str) -> Figure:
+    """PSNR of every model, one panel per (task, level, test set), bars coloured by family (HiNAS, random, baselines).
+
+    ``rows`` are :func:`hinas.results.collect` rows; ``title`` should state the budget and hardware.
+    """
+    panels = [(task, level, s) for task, level in dict.fromkeys((r["task"], r["level"]) for r in rows)
+              for s in sets if any(r["task"] == task and r["level"] == level and f"{s}/psnr" in r for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(9.0, 3.6 * len(panels)), 3.8), squeeze=False)
+    for ax, (task, level, s) in zip(axes[0], panels):
+        chosen = [r for r in rows if r["task"] == task and r["level"] == level and f"{s}/psnr" in r]
+        values = [r[f"{s}/psnr"] for r in chosen]
+        ax.barh(range(len(chosen)), values, color=[FAMILY_COLORS.get(r["family"], "tab:purple") for r in chosen])
+        ax.set_yticks(range(len(chosen)), [r["model"] for r in chosen], fontsize=8)
+        ax.invert_yaxis()
+        low, high = min(values), max(values)
+        ax.set_xlim(low - 0.1 * (high - low + 0.5), high + 0.1 * (high - low + 0.5))
+        ax.set(xlabel="PSNR (dB)", title=f"{s}, {'sigma ' if task == 'denoise' else 'x'}{level}")
+    fig.suptitle("\n".join(textwrap.wrap(title, 24 * max(4, len(panels)))), fontsize=9)
     fig.tight_layout()
     return fig

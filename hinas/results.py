@@ -313,10 +313,11 @@ def _fmt(value: Any, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The main table: model, parameters, GFLOPs and latency at the profile's size, PSNR/SSIM per test set."""
+def markdown_table(rows: list[dict[str, Any]], size: int) -> str:
+    """The main table: model, parameters, GFLOPs and latency for a ``size`` x ``size`` output, PSNR/SSIM per test set."""
     sets = sets_of(rows)
-    head = ["task", "level", "model", "params (K)", "GFLOPs", "latency (s)", "CPU (s)", *[f"{s} PSNR / SSIM" for s in sets]]
+    head = ["task", "level", "model", "params (K)", f"GFLOPs ({size}²)", f"latency {size}² (s)", "CPU time (s)",
+            *[f"{s} PSNR / SSIM" for s in sets]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         level = f"sigma {r['level']}" if r["task"] == "denoise" else f"x{r['level']}"
@@ -324,6 +325,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                  _fmt(r.get("latency_s"), 3), _fmt(r.get("cpu_s"), 3)]
         cells += [f"{r[f'{s}/psnr']:.2f} / {r[f'{s}/ssim']:.4f}" if f"{s}/psnr" in r else "-" for s in sets]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(rows: list[dict[str, Any]], columns: dict[str, str], digits: int = 2) -> str:
+    """Any list of dicts as a Markdown table: ``columns`` maps keys to headers; floats get ``digits`` decimals."""
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(k), digits) for k in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -366,6 +374,61 @@ def genotype_agreement(runs: str | Path, profile: Profile) -> dict[str, Any]:
     return {"seeds": seeds, "agree": all(not diff for _, _, diff in pairs) if pairs else None,
             "paths": {s: list(genotypes[s].path) for s in seeds},
             "differences": {f"{a} vs {b}": len(diff) for a, b, diff in pairs}}
+
+
+
+# --- published figures ----------------------------------------------------------------------------------
+
+PUBLISHED: tuple[dict[str, Any], ...] = (
+    # (HINAS.md) MATLAB bicubic: no training, so the same protocol as ours.
+    *({"source": "bicubic (MATLAB)", "ours": "bicubic", "task": "sr", "level": scale, "set": name, "psnr": psnr,
+       "comparable": "yes", "why": "no training; same test protocol"}
+      for scale, figures in ((2, (33.66, 30.24, 29.56)), (4, (28.42, 26.00, 25.96)))
+      for name, psnr in zip(("Set5", "Set14", "B100"), figures)),
+    # DnCNN-S (Zhang et al. 2017), as quoted in HINAS.md.
+    *({"source": "DnCNN-S (published)", "ours": "dncnn-17", "task": "denoise", "level": 25, "set": name, "psnr": psnr,
+       "comparable": "no", "why": "same test protocol, but trained to convergence on a GPU; ours has the CPU budget"}
+      for name, psnr in (("BSD68", 29.23), ("Set12", 30.44))),
+    # DuRN-P on the paper's BSD500 benchmark (HINAS.md).
+    *({"source": "DuRN-P (peer)", "ours": "", "task": "denoise", "level": sigma, "set": "BSD500-test", "psnr": psnr,
+       "comparable": "no", "why": "other test set (BSD500 test, 200 images) and sigmas; full GPU training"}
+      for sigma, psnr in ((30, 28.49), (50, 26.36), (70, 25.06))),
+    # Light x2 SR peers (HINAS.md): Set5 / Set14 / B100.
+    *({"source": f"{peer} (peer, {params} M)", "ours": "", "task": "sr", "level": 2, "set": name, "psnr": psnr,
+       "comparable": "no", "why": "same test protocol; trained on DIV2K for days on GPUs"}
+      for peer, params, figures in (("CARN", 1.59, (37.76, 33.52, 32.09)), ("CARN-M", 0.41, (37.53, 33.26, 31.92)),
+                                    ("FALSR-A", 1.02, (37.82, 33.55, 32.12)), ("FALSR-C", 0.41, (37.66, 33.26, 31.96)))
+      for name, psnr in zip(("Set5", "Set14", "B100"), figures)),
+)
+"""Published and peer figures (HINAS.md) and which of our models, if any, measures the same thing."""
+
+PAPER_CLAIMS = (
+    "HiNAS search: about 1 GPU-hour for denoising (BSD500) and 3.5 GPU-hours for x4 SR (DIV2K) on one GTX 1080Ti, "
+    "100 epochs of the full supernet (L=3, B=4, F=10 / L=2, B=3, F=8); retraining 600k iterations at batch 24 (16 for SR).",
+    "Found networks of roughly 0.2-1.0 M parameters, competitive with DnCNN, RED, MemNet, NLRN, N3Net, DuRN and light SR nets.",
+    "Layer-wise architecture sharing (lwas) beats one tied cell for the whole network.",
+)
+"""The paper's claims as HINAS.md states them; its PSNR tables are not reproduced there, so none are quoted."""
+
+
+def published_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every published figure beside ours for the same model, set and level where we have one (``None`` otherwise)."""
+    ours = {(r["task"], r["level"], r["model"]): r for r in rows}
+    out = []
+    for f in PUBLISHED:
+        mine = ours.get((f["task"], f["level"], f["ours"]))
+        out.append({**f, "our_psnr": mine.get(f"{f['set']}/psnr") if mine else None})
+    return out
+
+
+def budget(profile: Profile) -> str:
+    """One line stating what every figure of a profile cost: search and retraining budget, hardware."""
+    search = resolve(SearchConfig, profile.search_preset, overrides=list(profile.search))
+    train = resolve(TrainConfig, profile.train_preset, overrides=list(profile.train))
+    space = search.space
+    return (f"search {search.epochs} epochs x {search.patches_per_image} patch/image, batch {search.batch} of {search.patch}px, "
+            f"supernet L={space.layers} B={space.nodes} F={space.filters}; retrain {train.iterations} it x batch {train.batch} "
+            f"of {train.patch}px, F={train.filters}; {profile.hardware}")
 
 
 def main(argv: list[str] | None = None) -> int:
