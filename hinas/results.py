@@ -178,7 +178,11 @@ def done(runs: Path, job: Job) -> bool:
 
 
 def run_job(runs: str, job: Job, profile: Profile) -> str:
-    """Run one job in this process at one thread (the machine is shared); resumes an interrupted search or retrain."""
+    """Run one job in this process at one thread (the machine is shared).
+
+    An interrupted search or retrain resumes (forced: the grid's settings are fixed, so only a change of the
+    package's code can differ, and the grid is meant to survive edits that do not touch training).
+    """
     from .evaluate import evaluate_run
     from .search import search
     from .train import retrain
@@ -190,10 +194,10 @@ def run_job(runs: str, job: Job, profile: Profile) -> str:
         space, seed = job.cfg
         random_genotype(space, seed).save(d / "genotype.json")
     elif job.kind == "search":
-        search(job.cfg, d, resume=started, overwrite=d.is_dir() and not started, progress=False)
+        search(job.cfg, d, resume=started, force=started, overwrite=d.is_dir() and not started, progress=False)
     elif job.kind == "retrain":
         cfg = replace(job.cfg, genotype=str(Path(runs) / job.cfg.genotype)) if job.cfg.genotype else job.cfg
-        retrain(cfg, d, resume=started, overwrite=d.is_dir() and not started, progress=False)
+        retrain(cfg, d, resume=started, force=started, overwrite=d.is_dir() and not started, progress=False)
     else:
         cfg = replace(job.cfg, model=str(Path(runs) / job.cfg.model))
         if not (d / "metrics.json").is_file():
@@ -237,7 +241,8 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
     """Run every unfinished job of the grid, ``workers`` processes at a time, each as soon as what it needs is done.
 
     Jobs start in grid order and none starts after ``deadline`` (a ``time.time()``), so a budget cuts the
-    last blocks of ``profile.order``; rerunning resumes. Returns the jobs left undone.
+    last blocks of ``profile.order``; rerunning resumes. A failed job is logged and what needs it skipped.
+    Returns the jobs left undone (failed ones first).
     """
     runs = Path(runs)
     jobs = grid(profile, data_root)
@@ -253,6 +258,7 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     os.environ.update(env)  # inherited by the spawned workers before torch loads there
     running: dict[Future, tuple[Job, float]] = {}
+    failed: list[Job] = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         while running or (pending and (deadline is None or time.time() < deadline)):
             ready_jobs = [j for j in pending if all(n in finished for n in j.needs)]
@@ -265,10 +271,22 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
             ready, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in ready:
                 job, start = running.pop(fut)
-                fut.result()
+                if fut.exception() is not None:  # report it, drop what needs it, keep the rest of the grid going
+                    log(f"FAILED {job.out}: {type(fut.exception()).__name__}: {fut.exception()}")
+                    failed.append(job)
+                    pending = _without_dependents(pending, job)
+                    continue
                 finished.add(job.out)
                 log(f"done  {job.out} ({time.time() - start:.0f} s)")
-    return pending
+    return failed + pending
+
+
+def _without_dependents(pending: list[Job], job: Job) -> list[Job]:
+    gone = {job.out}
+    for j in pending:  # grid order: a job comes after what it needs
+        if gone.intersection(j.needs):
+            gone.add(j.out)
+    return [j for j in pending if j.out not in gone]
 
 
 # --- collecting ----------------------------------------------------------------------------------------

@@ -98,3 +98,11 @@ def test_published_figures_sit_beside_ours_only_for_the_same_model_set_and_level
     assert all(r["our_psnr"] is None for r in table if r is not set5)
     assert {r["comparable"] for r in table if not r["source"].startswith("bicubic")} == {"no"}
     json.dumps(table)  # the report writes it as JSON
+
+
+def test_a_failed_run_drops_exactly_what_needs_it():
+    jobs = results.grid(results.PROFILES["smoke"])
+    search = next(j for j in jobs if j.out == "search/denoise-lwas-s0")
+    left = results._without_dependents([j for j in jobs if j is not search], search)
+    dropped = {j.out for j in jobs} - {j.out for j in left}
+    assert dropped == {"search/denoise-lwas-s0", "retrain/denoise-sigma25/hinas-lwas-s0", "evaluate/denoise-sigma25/hinas-lwas-s0"}
