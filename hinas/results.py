@@ -322,6 +322,19 @@ def collect(runs: str | Path, profile: Profile, data_root: str = "") -> list[dic
     return rows + list(bicubic.values())
 
 
+def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
+    """One row per finished search: its wall time, steps, the selected epoch and its validation, the genotype's path."""
+    runs = Path(runs)
+    rows = []
+    for job in grid(profile, data_root):
+        if job.kind == "search" and done(runs, job):
+            m = json.loads((runs / job.out / "metrics.json").read_text())
+            rows.append({"search": Path(job.out).name, "sharing": job.cfg.space.sharing, "seconds": m["seconds"], "steps": m["steps"],
+                         "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], "val_psnr": m["val_psnr"],
+                         "skip_ops": m["skip_ops"], "supernet_params": m["supernet_params"], "path": m["genotype"]["path"]})
+    return rows
+
+
 def sets_of(rows: list[dict[str, Any]]) -> list[str]:
     """Test sets appearing in ``rows``, in order of first appearance."""
     return list(dict.fromkeys(k.rsplit("/", 1)[0] for r in rows for k in r if k.endswith("/psnr")))
