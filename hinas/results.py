@@ -77,7 +77,7 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
         sr_data="T91", denoise_sets=("Set12", "BSD68"), sr_sets=("Set5", "Set14", "B100"),
-        order=(("sr", 4), ("denoise", 25), ("denoise", 50), ("sr", 2)),
+        order=(("sr", 4), ("denoise", 25), ("sr", 2), ("denoise", 50)),
         search=("patches_per_image=1", "epochs=5", "arch_start=2", "select_from=3", "lr_cycle=5"),
         search_sr=("space.in_channels=3", "space.layers=2", "pixel_loss=l1", "ssim_weight=0.6", "val_crop=0"),
         train=("iterations=200", "val_every=100"), train_sr=("pixel_loss=l1", "rescale=[]"),
