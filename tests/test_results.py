@@ -106,3 +106,14 @@ def test_a_failed_run_drops_exactly_what_needs_it():
     left = results._without_dependents([j for j in jobs if j is not search], search)
     dropped = {j.out for j in jobs} - {j.out for j in left}
     assert dropped == {"search/denoise-lwas-s0", "retrain/denoise-sigma25/hinas-lwas-s0", "evaluate/denoise-sigma25/hinas-lwas-s0"}
+
+
+def test_a_dncnn_checkpoint_with_a_bad_shape_is_refused(tmp_path):
+    import torch
+
+    from hinas.errors import GenotypeError
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "hinas.dncnn", "in_channels": 1, "depth": "17; import os", "channels": 64, "state_dict": {}}, bad)
+    with pytest.raises(GenotypeError, match="DnCNN checkpoint"):
+        load_model(bad)
