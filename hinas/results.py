@@ -323,14 +323,17 @@ def collect(runs: str | Path, profile: Profile, data_root: str = "") -> list[dic
 
 
 def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
-    """One row per finished search: its wall time, steps, the selected epoch and its validation, the genotype's path."""
+    """One row per finished search: wall time, steps, the selected epoch, its supernet validation PSNR beside the degraded
+    input's (a supernet below its input has not learnt the task yet), skip ops and the genotype's width path."""
     runs = Path(runs)
     rows = []
     for job in grid(profile, data_root):
         if job.kind == "search" and done(runs, job):
             m = json.loads((runs / job.out / "metrics.json").read_text())
+            best = next(h for h in json.loads((runs / job.out / "history.json").read_text()) if h["epoch"] == m["best_epoch"])
             rows.append({"search": Path(job.out).name, "sharing": job.cfg.space.sharing, "seconds": m["seconds"], "steps": m["steps"],
                          "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], "val_psnr": m["val_psnr"],
+                         "input_psnr": best["input_psnr"],
                          "skip_ops": m["skip_ops"], "supernet_params": m["supernet_params"], "path": m["genotype"]["path"]})
     return rows
 
