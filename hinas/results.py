@@ -319,7 +319,7 @@ def collect(runs: str | Path, profile: Profile, data_root: str = "") -> list[dic
                 bicubic[info["level"]][f"{r['set']}/psnr"] = r["input_psnr"]
                 bicubic[info["level"]][f"{r['set']}/ssim"] = r["input_ssim"]
         rows.append(row)
-    return rows + list(bicubic.values())
+    return sorted(rows + list(bicubic.values()), key=lambda r: (r["task"] != "denoise", r["level"]))  # stable: grid order within
 
 
 def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
@@ -348,18 +348,22 @@ def _fmt(value: Any, digits: int) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], size: int) -> str:
-    """The main table: model, parameters, GFLOPs and latency for a ``size`` x ``size`` output, PSNR/SSIM per test set."""
-    sets = sets_of(rows)
-    head = ["task", "level", "model", "params (K)", f"GFLOPs ({size}²)", f"latency {size}² (s)", "CPU time (s)",
-            *[f"{s} PSNR / SSIM" for s in sets]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        level = f"sigma {r['level']}" if r["task"] == "denoise" else f"x{r['level']}"
-        cells = [r["task"], level, r["model"], _fmt(r["params"] / 1e3, 1), _fmt(r.get("gflops"), 2),
-                 _fmt(r.get("latency_s"), 3), _fmt(r.get("cpu_s"), 3)]
-        cells += [f"{r[f'{s}/psnr']:.2f} / {r[f'{s}/ssim']:.4f}" if f"{s}/psnr" in r else "-" for s in sets]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """The main tables, one per task: model, parameters, GFLOPs and latency for a ``size`` x ``size`` output, PSNR/SSIM per set."""
+    tables = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        chosen = [r for r in rows if r["task"] == task]
+        sets = sets_of(chosen)
+        head = ["level", "model", "params (K)", f"GFLOPs ({size}²)", f"latency {size}² (s)", "CPU time (s)",
+                *[f"{s} PSNR / SSIM" for s in sets]]
+        lines = [f"**{'Denoising' if task == 'denoise' else 'Super-resolution'}**", "", "| " + " | ".join(head) + " |",
+                 "|" + "---|" * len(head)]
+        for r in chosen:
+            cells = [f"sigma {r['level']}" if task == "denoise" else f"x{r['level']}", r["model"], _fmt(r["params"] / 1e3, 1),
+                     _fmt(r.get("gflops"), 2), _fmt(r.get("latency_s"), 3), _fmt(r.get("cpu_s"), 3)]
+            cells += [f"{r[f'{s}/psnr']:.2f} / {r[f'{s}/ssim']:.4f}" if f"{s}/psnr" in r else "-" for s in sets]
+            lines.append("| " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines) + "\n")
+    return "\n".join(tables)
 
 
 def to_markdown(rows: list[dict[str, Any]], columns: dict[str, str], digits: int = 2) -> str:

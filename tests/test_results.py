@@ -87,7 +87,7 @@ def test_summary_and_search_versus_random():
     [verdict] = results.search_beats_random(list(summary.values()))
     assert verdict["gain_db"] == pytest.approx(0.6) and verdict["beats_best_random"] is False
     table = results.markdown_table(rows, 512)
-    assert "| denoise | sigma 25 | random-1 | 1.0 |" in table and "30.80 / 0.8000" in table
+    assert "**Denoising**" in table and "| sigma 25 | random-1 | 1.0 |" in table and "30.80 / 0.8000" in table
 
 
 def test_published_figures_sit_beside_ours_only_for_the_same_model_set_and_level():
