@@ -167,22 +167,28 @@ FAMILY_COLORS = {"hinas": "tab:blue", "random": "tab:orange", "dncnn": "tab:gree
 
 
 def plot_psnr_by_model(rows: Sequence[dict[str, Any]], sets: Sequence[str], title: str) -> Figure:
-    """PSNR of every model, one panel per (task, level, test set), bars coloured by family (HiNAS, random, baselines).
+    """PSNR of every model: one row of panels per (task, level), one panel per test set, bars coloured by family.
 
     ``rows`` are :func:`hinas.results.collect` rows; ``title`` should state the budget and hardware.
     """
-    panels = [(task, level, s) for task, level in dict.fromkeys((r["task"], r["level"]) for r in rows)
-              for s in sets if any(r["task"] == task and r["level"] == level and f"{s}/psnr" in r for r in rows)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(9.0, 3.6 * len(panels)), 3.8), squeeze=False)
-    for ax, (task, level, s) in zip(axes[0], panels):
-        chosen = [r for r in rows if r["task"] == task and r["level"] == level and f"{s}/psnr" in r]
-        values = [r[f"{s}/psnr"] for r in chosen]
-        ax.barh(range(len(chosen)), values, color=[FAMILY_COLORS.get(r["family"], "tab:purple") for r in chosen])
-        ax.set_yticks(range(len(chosen)), [r["model"] for r in chosen], fontsize=8)
-        ax.invert_yaxis()
-        low, high = min(values), max(values)
-        ax.set_xlim(low - 0.1 * (high - low + 0.5), high + 0.1 * (high - low + 0.5))
-        ax.set(xlabel="PSNR (dB)", title=f"{s}, {'sigma ' if task == 'denoise' else 'x'}{level}")
-    fig.suptitle("\n".join(textwrap.wrap(title, 24 * max(4, len(panels)))), fontsize=9)
+    blocks = list(dict.fromkeys((r["task"], r["level"]) for r in rows))
+    per_block = [[s for s in sets if any(r["task"] == t and r["level"] == lv and f"{s}/psnr" in r for r in rows)] for t, lv in blocks]
+    cols = max(len(b) for b in per_block)
+    fig, axes = plt.subplots(len(blocks), cols, figsize=(3.8 * cols, 2.9 * len(blocks) + 0.6), squeeze=False)
+    for ax_row, (task, level), block_sets in zip(axes, blocks, per_block):
+        for ax in ax_row[len(block_sets):]:
+            ax.axis("off")
+        for ax, s in zip(ax_row, block_sets):
+            chosen = [r for r in rows if r["task"] == task and r["level"] == level and f"{s}/psnr" in r]
+            values = [r[f"{s}/psnr"] for r in chosen]
+            ax.barh(range(len(chosen)), values, color=[FAMILY_COLORS.get(r["family"], "tab:purple") for r in chosen])
+            ax.set_yticks(range(len(chosen)), [r["model"] for r in chosen], fontsize=8)
+            ax.invert_yaxis()
+            low, high = min(values), max(values)
+            ax.set_xlim(low - 0.1 * (high - low + 0.5), high + 0.1 * (high - low + 0.5))
+            ax.set_title(f"{s}, {'sigma ' if task == 'denoise' else 'x'}{level}", fontsize=10)
+            ax.tick_params(axis="x", labelsize=8)
+        ax_row[0].set_xlabel("PSNR (dB)", fontsize=8)
+    fig.suptitle("\n".join(textwrap.wrap(title, 30 * max(3, cols))), fontsize=9)
     fig.tight_layout()
     return fig
