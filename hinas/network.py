@@ -111,7 +111,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> "N
     else:
         genotype = Genotype.from_dict(state.get("genotype"))
         filters = state.get("filters")
-        if isinstance(filters, bool) or not isinstance(filters, int) or not 1 <= filters * max(genotype.space.widths) <= MAX_CHANNELS:
+        widest = max(genotype.space.widths)
+        if isinstance(filters, bool) or not isinstance(filters, int) or not 1 <= filters * widest <= MAX_CHANNELS:
             raise GenotypeError(f"{path}: 'filters' must be a positive integer within {MAX_CHANNELS} channels, got {filters!r}")
         model = Network(genotype, filters=filters)
     try:
@@ -123,7 +124,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> "N
 
 def _dncnn(path: str | Path, state: dict[str, Any]) -> DnCNN:
     shape = {k: state.get(k) for k in ("in_channels", "depth", "channels")}
-    if shape["in_channels"] not in (1, 3) or not all(isinstance(shape[k], int) and 3 <= shape[k] <= 1024 for k in ("depth", "channels")):
+    sizes_ok = all(isinstance(shape[k], int) and 3 <= shape[k] <= 1024 for k in ("depth", "channels"))
+    if shape["in_channels"] not in (1, 3) or not sizes_ok:
         raise GenotypeError(f"{path}: a DnCNN checkpoint needs in_channels 1 or 3 and integer depth and channels, got {shape}")
     return DnCNN(**shape)
 

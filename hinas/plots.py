@@ -172,7 +172,8 @@ def plot_psnr_by_model(rows: Sequence[dict[str, Any]], sets: Sequence[str], titl
     ``rows`` are :func:`hinas.results.collect` rows; ``title`` should state the budget and hardware.
     """
     blocks = list(dict.fromkeys((r["task"], r["level"]) for r in rows))
-    per_block = [[s for s in sets if any(r["task"] == t and r["level"] == lv and f"{s}/psnr" in r for r in rows)] for t, lv in blocks]
+    per_block = [[s for s in sets if any(r["task"] == t and r["level"] == lv and f"{s}/psnr" in r for r in rows)]
+                 for t, lv in blocks]
     cols = max(len(b) for b in per_block)
     fig, axes = plt.subplots(len(blocks), cols, figsize=(3.8 * cols, 2.9 * len(blocks) + 0.6), squeeze=False)
     for ax_row, (task, level), block_sets in zip(axes, blocks, per_block):

@@ -140,7 +140,8 @@ def _denoise_searches(p: Profile, root: list[str]) -> list[Job]:
 
 def _sr_search(p: Profile, root: list[str], scale: int) -> list[Job]:
     cfg = resolve(SearchConfig, p.search_preset, overrides=[
-        *root, f"data={p.sr_data}", "space.task=sr", f"space.scale={scale}", f"patch={p.sr_patch // scale}", *p.search, *p.search_sr])
+        *root, f"data={p.sr_data}", "space.task=sr", f"space.scale={scale}", f"patch={p.sr_patch // scale}",
+        *p.search, *p.search_sr])
     return [Job("search", f"search/sr-x{scale}", cfg),
             *[Job("genotype", f"genotype/sr-x{scale}-random-{i}", (cfg.space, i)) for i in range(p.randoms)]]
 
@@ -331,7 +332,8 @@ def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list
         if job.kind == "search" and done(runs, job):
             m = json.loads((runs / job.out / "metrics.json").read_text())
             best = next(h for h in json.loads((runs / job.out / "history.json").read_text()) if h["epoch"] == m["best_epoch"])
-            rows.append({"search": Path(job.out).name, "sharing": job.cfg.space.sharing, "seconds": m["seconds"], "steps": m["steps"],
+            rows.append({"search": Path(job.out).name, "sharing": job.cfg.space.sharing, "seconds": m["seconds"],
+                         "steps": m["steps"],
                          "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], "val_psnr": m["val_psnr"],
                          "input_psnr": best["input_psnr"],
                          "skip_ops": m["skip_ops"], "supernet_params": m["supernet_params"], "path": m["genotype"]["path"]})
@@ -348,7 +350,7 @@ def _fmt(value: Any, digits: int) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], size: int) -> str:
-    """The main tables, one per task: model, parameters, GFLOPs and latency for a ``size`` x ``size`` output, PSNR/SSIM per set."""
+    """The main tables, one per task: model, parameters, GFLOPs and latency at ``size`` x ``size`` output, PSNR/SSIM per set."""
     tables = []
     for task in dict.fromkeys(r["task"] for r in rows):
         chosen = [r for r in rows if r["task"] == task]

@@ -48,7 +48,8 @@ def test_dncnn_retrains_through_the_same_loop_and_evaluates(tmp_path):
     assert not (tmp_path / "dncnn" / "genotype.json").exists()
     model = load_model(tmp_path / "dncnn" / "best.pt")
     assert isinstance(model, DnCNN) and model.space.task == "denoise"
-    scores = evaluate_run(resolve(EvalConfig, "smoke", overrides=[f"model={tmp_path / 'dncnn'}"]), tmp_path / "eval", progress=False)
+    cfg = resolve(EvalConfig, "smoke", overrides=[f"model={tmp_path / 'dncnn'}"])
+    scores = evaluate_run(cfg, tmp_path / "eval", progress=False)
     assert scores["results"][0]["psnr"] > 0 and scores["results"][0]["sigma"] == 25
 
 
@@ -105,7 +106,8 @@ def test_a_failed_run_drops_exactly_what_needs_it():
     search = next(j for j in jobs if j.out == "search/denoise-lwas-s0")
     left = results._without_dependents([j for j in jobs if j is not search], search)
     dropped = {j.out for j in jobs} - {j.out for j in left}
-    assert dropped == {"search/denoise-lwas-s0", "retrain/denoise-sigma25/hinas-lwas-s0", "evaluate/denoise-sigma25/hinas-lwas-s0"}
+    assert dropped == {"search/denoise-lwas-s0", "retrain/denoise-sigma25/hinas-lwas-s0",
+                       "evaluate/denoise-sigma25/hinas-lwas-s0"}
 
 
 def test_a_dncnn_checkpoint_with_a_bad_shape_is_refused(tmp_path):
