@@ -21,7 +21,7 @@ def restore_folder(model: str | Path, inputs: str | Path, outputs: str | Path, *
     from .data import folder_images, image_channels, save_image
     from .evaluate import restore
     from .inference import BACKENDS, InferenceModel
-    from .network import load_model
+    from .network import Network, load_model
     from .runtime import pick_device
 
     if backend not in (*BACKENDS, "training"):
@@ -47,13 +47,13 @@ def restore_folder(model: str | Path, inputs: str | Path, outputs: str | Path, *
                           "pass --overwrite to replace them")
     dev = pick_device(device)
     net = load_model(checkpoint).to(dev).eval()
-    space = net.genotype.space
+    space = net.space
     kind = {1: "gray", 3: "RGB"}
     for path in images.paths:
         if image_channels(path) != space.in_channels:
             raise DataError(f"{path}: a {kind[image_channels(path)]} image, but the network restores "
                             f"{kind[space.in_channels]} images; convert the inputs first")
-    runner = net if backend == "training" else InferenceModel(net, backend)
+    runner = InferenceModel(net, backend) if backend != "training" and isinstance(net, Network) else net
     for (_, image), target in tqdm(zip(images, targets), total=len(targets), desc="restore", disable=not progress):
         restored = restore(runner, image.unsqueeze(0).to(dev), space.scale, tile, overlap)[0]
         save_image(restored.float().cpu(), target)

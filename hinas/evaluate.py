@@ -175,7 +175,7 @@ def load_for_eval(cfg: "EvalConfig", device: torch.device | None = None) -> tupl
     A trained network comes in the form ``cfg.backend`` names (its fast inference form unless ``training``).
     """
     from .inference import InferenceModel
-    from .network import load_model
+    from .network import Network, load_model
 
     device = device or torch.device("cpu")
     if cfg.model in ("noisy", "bicubic"):
@@ -183,8 +183,8 @@ def load_for_eval(cfg: "EvalConfig", device: torch.device | None = None) -> tupl
         return baseline(cfg.model, task, 1), task, list(cfg.scales), None
     path = Path(cfg.model)
     model = load_model(path / "best.pt" if path.is_dir() else path).to(device).eval()
-    space = model.genotype.space
-    if cfg.backend != "training":
+    space = model.space
+    if cfg.backend != "training" and isinstance(model, Network):  # DnCNN has no inference form: it runs as trained
         model = InferenceModel(model, cfg.backend)
     return model, space.task, [space.scale], space.in_channels
 

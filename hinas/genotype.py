@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,3 +279,32 @@ def compare(a: Genotype, b: Genotype) -> list[str]:
                 fmt = lambda node: " + ".join(f"{op}({s})" for op, s in node)  # noqa: E731
                 out.append(f"layer {layer} node {n}: {fmt(na)} vs {fmt(nb)}")
     return out
+
+
+# --- random architectures -------------------------------------------------------------------------
+
+
+def legal_paths(space: SearchSpace) -> list[tuple[int, ...]]:
+    """Every width path a search could derive: from the stem's level 0, at most one level per layer."""
+    paths: list[tuple[int, ...]] = [()]
+    for _ in range(space.layers):
+        paths = [p + (k,) for p in paths for k in range(space.levels) if abs(k - (p[-1] if p else 0)) <= 1]
+    return paths
+
+
+def random_genotype(space: SearchSpace, seed: int) -> Genotype:
+    """A genotype drawn uniformly from ``space``: the baseline a search must beat (random search, Li & Talwalkar 2019).
+
+    The path is uniform over :func:`legal_paths`; each node takes two distinct
+    input states, uniform over the pairs it may read, each through a uniform
+    non-zero operation, as derivation would keep. The same seed gives the same genotype.
+    """
+    rng = random.Random(seed)
+    ops = [op for op in space.ops if not get_op(op).is_zero]
+    path = rng.choice(legal_paths(space))
+    cells = tuple(
+        tuple(tuple((rng.choice(ops), state) for state in sorted(rng.sample(range(2 + node), INPUTS_PER_NODE)))
+              for node in range(space.nodes))
+        for _ in range(space.layers)
+    )
+    return Genotype(space, path, cells, {"source": "random", "seed": seed})

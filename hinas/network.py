@@ -12,11 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .baselines import DnCNN
 from .errors import GenotypeError
 from .genotype import CellGenotype, Genotype
 from .layers import STEM_CHANNELS, Decoder, Stem, scaler
 from .ops import build_op
-from .space import MAX_CHANNELS
+from .space import MAX_CHANNELS, SearchSpace
 
 
 class Cell(nn.Module):
@@ -68,6 +69,10 @@ class Network(nn.Module):
         self.endpoint_layer = at_zero[-1] if at_zero and at_zero[-1] != last else None
         self.decoder = Decoder([widths[-1]], f * b, space.in_channels, space.task, space.scale)
 
+    @property
+    def space(self) -> SearchSpace:
+        return self.genotype.space
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h1, h0 = self.stem(x)
         endpoint = None if self.endpoint_layer is not None else self.reduce(h0)
@@ -78,35 +83,51 @@ class Network(nn.Module):
         return self.decoder(x, [h0], endpoint)
 
 
-def save_model(model: Network, path: str | Path, **extra: Any) -> Path:
-    """A self-describing checkpoint (genotype + width + weights) that loads without executing code."""
+def save_model(model: "Network | DnCNN", path: str | Path, **extra: Any) -> Path:
+    """A self-describing checkpoint (genotype + width + weights, or DnCNN's shape + weights) that loads without executing code."""
     from .runtime import atomic_torch_save
 
     path = Path(path)
-    state = {"format": "hinas.network", "genotype": model.genotype.to_dict(), "filters": model.filters,
-             "state_dict": model.state_dict(), **extra}
+    if isinstance(model, DnCNN):
+        shape = {"in_channels": model.in_channels, "depth": model.depth, "channels": model.channels}
+        state = {"format": "hinas.dncnn", **shape, "state_dict": model.state_dict(), **extra}
+    else:
+        state = {"format": "hinas.network", "genotype": model.genotype.to_dict(), "filters": model.filters,
+                 "state_dict": model.state_dict(), **extra}
     atomic_torch_save(state, path)
     return path
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Network:
-    """Rebuild a saved network; ``torch.load(weights_only=True)`` refuses pickled code."""
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> "Network | DnCNN":
+    """Rebuild a saved network (or DnCNN baseline); ``torch.load(weights_only=True)`` refuses pickled code."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or hostile files
         raise GenotypeError(f"{path}: not a loadable hinas checkpoint ({type(err).__name__}: {_first_line(err)})") from None
-    if not isinstance(state, dict) or state.get("format") != "hinas.network":
+    if isinstance(state, dict) and state.get("format") == "hinas.dncnn":
+        model: Network | DnCNN = _dncnn(path, state)
+    elif not isinstance(state, dict) or state.get("format") != "hinas.network":
         raise GenotypeError(f"{path}: not a hinas network checkpoint (no 'format': 'hinas.network')")
-    genotype = Genotype.from_dict(state.get("genotype"))
-    filters = state.get("filters")
-    if isinstance(filters, bool) or not isinstance(filters, int) or not 1 <= filters * max(genotype.space.widths) <= MAX_CHANNELS:
-        raise GenotypeError(f"{path}: 'filters' must be a positive integer within {MAX_CHANNELS} channels, got {filters!r}")
-    model = Network(genotype, filters=filters)
+    else:
+        genotype = Genotype.from_dict(state.get("genotype"))
+        filters = state.get("filters")
+        widest = max(genotype.space.widths)
+        if isinstance(filters, bool) or not isinstance(filters, int) or not 1 <= filters * widest <= MAX_CHANNELS:
+            raise GenotypeError(f"{path}: 'filters' must be a positive integer within {MAX_CHANNELS} channels, got {filters!r}")
+        model = Network(genotype, filters=filters)
     try:
         model.load_state_dict(state.get("state_dict"))
     except (RuntimeError, TypeError, AttributeError) as err:
         raise GenotypeError(f"{path}: weights do not fit the genotype it names ({_first_line(err)})") from None
     return model
+
+
+def _dncnn(path: str | Path, state: dict[str, Any]) -> DnCNN:
+    shape = {k: state.get(k) for k in ("in_channels", "depth", "channels")}
+    sizes_ok = all(isinstance(shape[k], int) and 3 <= shape[k] <= 1024 for k in ("depth", "channels"))
+    if shape["in_channels"] not in (1, 3) or not sizes_ok:
+        raise GenotypeError(f"{path}: a DnCNN checkpoint needs in_channels 1 or 3 and integer depth and channels, got {shape}")
+    return DnCNN(**shape)
 
 
 def _first_line(err: Exception) -> str:

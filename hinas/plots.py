@@ -7,6 +7,7 @@ Every function takes plain run data (a ``history`` list as written to
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
@@ -158,5 +159,37 @@ def plot_comparison(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, torch.
             ax.set_title(title, fontsize=9)
         for ax in ax_row:
             ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+FAMILY_COLORS = {"hinas": "tab:blue", "random": "tab:orange", "dncnn": "tab:green", "bicubic": "tab:gray"}
+
+
+def plot_psnr_by_model(rows: Sequence[dict[str, Any]], sets: Sequence[str], title: str) -> Figure:
+    """PSNR of every model: one row of panels per (task, level), one panel per test set, bars coloured by family.
+
+    ``rows`` are :func:`hinas.results.collect` rows; ``title`` should state the budget and hardware.
+    """
+    blocks = list(dict.fromkeys((r["task"], r["level"]) for r in rows))
+    per_block = [[s for s in sets if any(r["task"] == t and r["level"] == lv and f"{s}/psnr" in r for r in rows)]
+                 for t, lv in blocks]
+    cols = max(len(b) for b in per_block)
+    fig, axes = plt.subplots(len(blocks), cols, figsize=(3.8 * cols, 2.9 * len(blocks) + 0.6), squeeze=False)
+    for ax_row, (task, level), block_sets in zip(axes, blocks, per_block):
+        for ax in ax_row[len(block_sets):]:
+            ax.axis("off")
+        for ax, s in zip(ax_row, block_sets):
+            chosen = [r for r in rows if r["task"] == task and r["level"] == level and f"{s}/psnr" in r]
+            values = [r[f"{s}/psnr"] for r in chosen]
+            ax.barh(range(len(chosen)), values, color=[FAMILY_COLORS.get(r["family"], "tab:purple") for r in chosen])
+            ax.set_yticks(range(len(chosen)), [r["model"] for r in chosen], fontsize=8)
+            ax.invert_yaxis()
+            low, high = min(values), max(values)
+            ax.set_xlim(low - 0.1 * (high - low + 0.5), high + 0.1 * (high - low + 0.5))
+            ax.set_title(f"{s}, {'sigma ' if task == 'denoise' else 'x'}{level}", fontsize=10)
+            ax.tick_params(axis="x", labelsize=8)
+        ax_row[0].set_xlabel("PSNR (dB)", fontsize=8)
+    fig.suptitle("\n".join(textwrap.wrap(title, 30 * max(3, cols))), fontsize=9)
     fig.tight_layout()
     return fig

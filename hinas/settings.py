@@ -93,6 +93,9 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    model: Literal["hinas", "dncnn"] = "hinas"
+    """``hinas``: the network derived from ``genotype``; ``dncnn``: the DnCNN-17 baseline (gray, 64 channels; ``genotype``
+    and ``filters`` unused), trained by the same loop so that it gets the same budget."""
     genotype: str = ""
     """A genotype.json, or a search run directory holding one."""
     filters: int = 20

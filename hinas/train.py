@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state, resume_state
 from .complexity import count_flops, count_params
+from .baselines import DnCNN
 from .data import PatchDataset, in_memory, load_images, split_images
 from .errors import ConfigError, NonFiniteError
 from .evaluate import check_measurable
@@ -61,14 +62,14 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
     out = Path(out)
     check_run_dir(out, overwrite=overwrite, resume=resume)
     saved = resume_state(out, "retrain", cfg, force=force) if resume else None
-    genotype = resolve_genotype(cfg)
+    genotype = resolve_genotype(cfg) if cfg.model == "hinas" else None
     ctx = distributed.init(pick_device(cfg.device))  # data-parallel under torchrun; a no-op context otherwise
     progress = progress and ctx.is_main
     seed_everything(cfg.seed)
     device = ctx.device
     prepare_device(device)
     amp = amp_dtype(device, cfg.amp)
-    space = genotype.space
+    space = genotype.space if genotype is not None else DnCNN().space
     sr = space.task == "sr"
 
     images = load_images(cfg.data, cfg.data_root or None, channels=space.in_channels)
@@ -85,7 +86,8 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=device.type == "cuda",
                         generator=loader_generator(cfg.seed))
 
-    model = ctx.replicate(Network(genotype, cfg.filters).to(device))
+    net = Network(genotype, cfg.filters) if genotype is not None else DnCNN(space.in_channels)
+    model = ctx.replicate(net.to(device))
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -97,7 +99,8 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
     resumed = restore_state(TrainProgress, saved, model, {"weights": opt}, scaler, out / CHECKPOINT) if saved else None
 
     run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite, resume=resumed is not None)
-    genotype.save(run / "genotype.json")
+    if genotype is not None:
+        genotype.save(run / "genotype.json")
     ckpt = Checkpointer(run, "retrain", cfg, model, {"weights": opt}, scaler)
     if resumed is not None:
         state = resumed
@@ -159,7 +162,8 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
         ctx.check_replicas(run / "replicas.json", model, best_iteration=best["iteration"])
         write_json(run / "history.json", state.history)
         metrics = {
-            "task": space.task, "sigma": val_kw["sigma"], "scale": val_kw["scale"], "filters": cfg.filters,
+            "model": cfg.model, "task": space.task, "sigma": val_kw["sigma"], "scale": val_kw["scale"],
+            "filters": cfg.filters if genotype is not None else net.channels,
             "params": n_params, "params_m": n_params / 1e6,
             "gflops_256": count_flops(model, (1, space.in_channels, 256 // space.scale, 256 // space.scale)) / 1e9,
             "best_iteration": best["iteration"], "val_psnr": best["val_psnr"], "val_ssim": best["val_ssim"],

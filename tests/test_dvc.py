@@ -23,6 +23,8 @@ def pipeline(tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
     shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
     shutil.copy(ROOT / "params-smoke.yaml", work / "params.yaml")
+    (work / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks/05_results.ipynb", work / "notebooks/05_results.ipynb")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("HINAS_DATA_ROOT", None)
     assert dvc(["init", "--no-scm", "-q"], work, env).returncode == 0
@@ -34,7 +36,7 @@ def pipeline(tmp_path_factory):
 def test_every_stage_ran_and_the_report_holds_real_numbers(pipeline):
     work, _, first = pipeline
     for stage in ("prepare", "search_denoise", "search_sr", "retrain_denoise@25", "retrain_sr@2", "evaluate_denoise@25",
-                  "evaluate_sr@2", "report"):
+                  "evaluate_sr@2", "report", "results"):
         assert f"Running stage '{stage}'" in first.stdout, stage
     results = json.loads((work / "runs/dvc/results.json").read_text())
     assert set(results) == {f"{task}/{level}/embedded-val/{key}" for task, level in (("denoise", "sigma25"), ("sr", "x2"))
@@ -42,6 +44,9 @@ def test_every_stage_ran_and_the_report_holds_real_numbers(pipeline):
     assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in results.values())
     assert results["sr/x2/embedded-val/input_psnr"] > 20  # bicubic x2 on real photos
     assert "| embedded-val | sigma 25 |" in (work / "runs/dvc/results.md").read_text()
+    report = json.loads((work / "runs/dvc/results/report/results.json").read_text())
+    assert report["profile"] == "smoke" and not report["left_undone"]
+    assert {r["model"] for r in report["rows"]} >= {"hinas-lwas-s0", "random-0", "dncnn-17", "bicubic"}
 
 
 def test_a_second_repro_has_nothing_to_do(pipeline):

@@ -1,0 +1,121 @@
+"""The results experiments: random architectures, DnCNN through the retrain loop, the grid and its tables."""
+
+import json
+import time
+
+import pytest
+
+from hinas import results
+from hinas.baselines import DnCNN
+from hinas.evaluate import evaluate_run
+from hinas.genotype import Genotype, legal_paths, random_genotype
+from hinas.network import load_model
+from hinas.settings import EvalConfig, TrainConfig, resolve
+from hinas.space import PRESETS
+from hinas.train import retrain
+
+
+@pytest.mark.parametrize("name", ["paper-denoise", "paper-sr"])
+def test_random_genotypes_are_legal_seed_deterministic_and_cover_the_space(name, tmp_path):
+    space = PRESETS[name]
+    draws = [random_genotype(space, seed) for seed in range(200)]
+    assert random_genotype(space, 7) == draws[7] and random_genotype(space, 7).meta == {"source": "random", "seed": 7}
+    assert len(set(draws)) > 190  # distinct seeds give distinct architectures
+    assert {g.path for g in draws} == set(legal_paths(space))  # every legal width path is drawn
+    ops = {op for g in draws for op in g.op_counts()}
+    assert ops == set(space.ops) - {"zero"}
+    for g in draws:
+        for cell in g.cells:
+            for node in cell:
+                assert node[0][1] < node[1][1]  # two distinct inputs, in order, as derivation writes them
+    saved = draws[3].save(tmp_path / "genotype.json")
+    assert Genotype.load(saved) == draws[3]
+
+
+def test_legal_paths_are_exactly_the_paths_a_genotype_accepts():
+    space = PRESETS["paper-denoise"]
+    paths = legal_paths(space)
+    assert len(paths) == len(set(paths)) == 12  # 3 layers, widths [1, 1.5, 2], one level per layer at most
+    cells = random_genotype(space, 0).cells
+    for path in paths:
+        Genotype(space, path, cells)  # construction validates the path
+
+
+def test_dncnn_retrains_through_the_same_loop_and_evaluates(tmp_path):
+    cfg = resolve(TrainConfig, "smoke", overrides=["model=dncnn"])
+    metrics = retrain(cfg, tmp_path / "dncnn", progress=False)
+    assert metrics["model"] == "dncnn" and metrics["params"] == 556_096 and metrics["iterations"] == cfg.iterations
+    assert not (tmp_path / "dncnn" / "genotype.json").exists()
+    model = load_model(tmp_path / "dncnn" / "best.pt")
+    assert isinstance(model, DnCNN) and model.space.task == "denoise"
+    cfg = resolve(EvalConfig, "smoke", overrides=[f"model={tmp_path / 'dncnn'}"])
+    scores = evaluate_run(cfg, tmp_path / "eval", progress=False)
+    assert scores["results"][0]["psnr"] > 0 and scores["results"][0]["sigma"] == 25
+
+
+def test_every_model_of_a_level_gets_the_same_retraining_budget():
+    for profile in results.PROFILES.values():
+        jobs = results.grid(profile)
+        outs = {j.out for j in jobs}
+        assert all(n in outs for j in jobs for n in j.needs)  # every dependency is a job of the grid
+        assert [j.out for j in jobs].index("search/denoise-lwas-s0") < [j.out for j in jobs].index(
+            "retrain/denoise-sigma25/hinas-lwas-s0")
+        for task, level in profile.order:
+            trained = [j for j in jobs if j.kind == "retrain" and j.info["task"] == task and j.info["level"] == level]
+            budgets = {(j.cfg.iterations, j.cfg.batch, j.cfg.patch, j.cfg.lr, j.cfg.data) for j in trained}
+            assert len(budgets) == 1, (task, level, budgets)
+            families = [j.info["family"] for j in trained]
+            assert families.count("random") == profile.randoms and families.count("hinas") >= 1
+            assert ("dncnn" in families) == (task == "denoise")
+
+
+def test_a_deadline_in_the_past_starts_nothing(tmp_path):
+    left = results.run_grid(tmp_path, results.PROFILES["smoke"], deadline=time.time() - 1, log=lambda _: None)
+    assert len(left) == len(results.grid(results.PROFILES["smoke"])) and not any(tmp_path.iterdir())
+
+
+def _row(model, family, variant, psnr, task="denoise", level=25):
+    return {"task": task, "level": level, "model": model, "family": family, "variant": variant, "seed": 0, "params": 1000,
+            "Set12/psnr": psnr, "Set12/ssim": 0.8}
+
+
+def test_summary_and_search_versus_random():
+    rows = [_row("hinas-lwas-s0", "hinas", "lwas", 30.0), _row("hinas-lwas-s1", "hinas", "lwas", 31.0),
+            _row("random-0", "random", "random", 29.0), _row("random-1", "random", "random", 30.8)]
+    summary = {s["group"]: s for s in results.summarise(rows)}
+    assert summary["lwas"]["mean"] == pytest.approx(30.5) and summary["lwas"]["std"] == pytest.approx(0.7071, abs=1e-4)
+    assert summary["random"]["n"] == 2 and summary["random"]["max"] == 30.8
+    [verdict] = results.search_beats_random(list(summary.values()))
+    assert verdict["gain_db"] == pytest.approx(0.6) and verdict["beats_best_random"] is False
+    table = results.markdown_table(rows, 512)
+    assert "**Denoising**" in table and "| sigma 25 | random-1 | 1.0 |" in table and "30.80 / 0.8000" in table
+
+
+def test_published_figures_sit_beside_ours_only_for_the_same_model_set_and_level():
+    rows = [{**_row("bicubic", "bicubic", "bicubic", 0, "sr", 2), "Set5/psnr": 33.65}]
+    table = results.published_table(rows)
+    set5 = next(r for r in table if r["source"].startswith("bicubic") and r["set"] == "Set5" and r["level"] == 2)
+    assert set5["our_psnr"] == 33.65 and set5["psnr"] == 33.66 and set5["comparable"] == "yes"
+    assert all(r["our_psnr"] is None for r in table if r is not set5)
+    assert {r["comparable"] for r in table if not r["source"].startswith("bicubic")} == {"no"}
+    json.dumps(table)  # the report writes it as JSON
+
+
+def test_a_failed_run_drops_exactly_what_needs_it():
+    jobs = results.grid(results.PROFILES["smoke"])
+    search = next(j for j in jobs if j.out == "search/denoise-lwas-s0")
+    left = results._without_dependents([j for j in jobs if j is not search], search)
+    dropped = {j.out for j in jobs} - {j.out for j in left}
+    assert dropped == {"search/denoise-lwas-s0", "retrain/denoise-sigma25/hinas-lwas-s0",
+                       "evaluate/denoise-sigma25/hinas-lwas-s0"}
+
+
+def test_a_dncnn_checkpoint_with_a_bad_shape_is_refused(tmp_path):
+    import torch
+
+    from hinas.errors import GenotypeError
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "hinas.dncnn", "in_channels": 1, "depth": "17; import os", "channels": 64, "state_dict": {}}, bad)
+    with pytest.raises(GenotypeError, match="DnCNN checkpoint"):
+        load_model(bad)
