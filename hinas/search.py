@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state, resume_state
+from .checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state
 from .complexity import count_params
 from .data import PatchDataset, in_memory, load_images, split_images
 from .errors import CollapseError, ConfigError, NonFiniteError, RenderError
@@ -32,7 +32,7 @@ from .losses import restoration_loss, search_lr
 from .metrics import convention_for
 from .plots import plot_alphas, plot_betas
 from .render import draw_genotype
-from .runtime import CHECKPOINT, RunDir, amp_dtype, autocast, check_run_dir, pick_device, prepare_device, seed_everything, write_json
+from .runtime import CHECKPOINT, RunDir, autocast, write_json
 from .settings import SearchConfig
 from .space import SearchSpace
 from .supernet import Supernet
@@ -105,14 +105,9 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
     that differ from the run's are refused unless ``force``. Every input is checked before ``out`` is touched.
     """
     out = Path(out)
-    check_run_dir(out, overwrite=overwrite, resume=resume)
-    saved = resume_state(out, "search", cfg, force=force) if resume else None
-    ctx = distributed.init(pick_device(cfg.device))  # data-parallel under torchrun; a no-op context otherwise
-    progress = progress and ctx.is_main
-    seed_everything(cfg.seed)
+    start = distributed.start_run(out, "search", cfg, overwrite=overwrite, resume=resume, force=force, progress=progress)
+    saved, ctx, progress, amp = start.saved, start.ctx, start.progress, start.amp
     device = ctx.device
-    prepare_device(device)
-    amp = amp_dtype(device, cfg.amp)
     space = cfg.space
     images = load_images(cfg.data, cfg.data_root or None, channels=space.in_channels)
     weight_imgs, arch_imgs, val_imgs = split_images(images, cfg.val_images, cfg.seed)

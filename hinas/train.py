@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state, resume_state
+from .checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state
 from .complexity import count_flops, count_params
 from .baselines import DnCNN
 from .data import PatchDataset, in_memory, load_images, split_images
@@ -23,7 +23,7 @@ from .guard import checked_step
 from .losses import poly_lr, restoration_loss
 from .metrics import convention_for
 from .network import Network, save_model
-from .runtime import CHECKPOINT, RunDir, amp_dtype, autocast, check_run_dir, pick_device, prepare_device, seed_everything, write_json
+from .runtime import CHECKPOINT, RunDir, autocast, write_json
 from .search import score
 from .settings import TrainConfig
 
@@ -60,15 +60,10 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
     ``resume`` and ``force`` work as in :func:`hinas.search.search`; every input is checked before ``out`` is touched.
     """
     out = Path(out)
-    check_run_dir(out, overwrite=overwrite, resume=resume)
-    saved = resume_state(out, "retrain", cfg, force=force) if resume else None
+    start = distributed.start_run(out, "retrain", cfg, overwrite=overwrite, resume=resume, force=force, progress=progress)
     genotype = resolve_genotype(cfg) if cfg.model == "hinas" else None
-    ctx = distributed.init(pick_device(cfg.device))  # data-parallel under torchrun; a no-op context otherwise
-    progress = progress and ctx.is_main
-    seed_everything(cfg.seed)
+    saved, ctx, progress, amp = start.saved, start.ctx, start.progress, start.amp
     device = ctx.device
-    prepare_device(device)
-    amp = amp_dtype(device, cfg.amp)
     space = genotype.space if genotype is not None else DnCNN().space
     sr = space.task == "sr"
 
