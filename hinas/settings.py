@@ -219,7 +219,7 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
         "space": {**SPACE_PRESETS["paper-denoise"].to_dict(), **_SMOKE_SPACE}, "val_images": 2, "patch": 16,
         "batch": 2, "epochs": 2, "arch_start": 2, "select_from": 1, "val_crop": 32,
     },
-    # About ten minutes on 2 CPU cores on the embedded photos: a narrow copy of the paper's space.
+    # About five minutes on 2 CPU cores on the embedded photos: a narrow copy of the paper's space.
     "cpu-demo": {
         "space": {**SPACE_PRESETS["paper-denoise"].to_dict(), "nodes": 3, "filters": 6}, "val_images": 2, "patch": 32,
         "patches_per_image": 12, "batch": 8, "epochs": 30, "arch_start": 11, "select_from": 16, "val_crop": 96,
