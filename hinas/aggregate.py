@@ -39,6 +39,12 @@ def load_run(path: str | Path) -> tuple[dict[str, float], Genotype | None]:
     return numbers, None
 
 
+def spread(values: list[float]) -> dict[str, float | None]:
+    """Mean, sample standard deviation (n - 1; None for one value), min and max of a non-empty list."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values)}
+
+
 def aggregate(paths: list[str | Path]) -> dict[str, Any]:
     """Per metric: runs holding it, mean, sample standard deviation (n - 1; None for one run), min and max.
 
@@ -52,8 +58,7 @@ def aggregate(paths: list[str | Path]) -> dict[str, Any]:
     metrics = {}
     for name in dict.fromkeys(k for numbers, _ in runs for k in numbers):
         values = [numbers[name] for numbers, _ in runs if name in numbers]
-        metrics[name] = {"runs": len(values), "mean": statistics.fmean(values),
-                         "std": statistics.stdev(values) if len(values) > 1 else None, "min": min(values), "max": max(values)}
+        metrics[name] = {"runs": len(values), **spread(values)}
     groups: list[tuple[Genotype, list[str]]] = []
     for label, (_, genotype) in zip(labels, runs):
         if genotype is None:

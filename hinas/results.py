@@ -24,8 +24,9 @@ from typing import Any, Callable
 
 import torch
 
+from .aggregate import spread
 from .complexity import count_flops, count_params
-from .genotype import Genotype, random_genotype
+from .genotype import Genotype, compare, random_genotype
 from .runtime import write_json
 from .settings import EvalConfig, SearchConfig, TrainConfig, resolve
 
@@ -384,8 +385,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for s in sets_of([r]):
             groups.setdefault((r["task"], r["level"], s, key_name), []).append(r[f"{s}/psnr"])
     for (task, level, s, name), values in groups.items():
-        out.append({"task": task, "level": level, "set": s, "group": name, "n": len(values), "mean": statistics.fmean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else None, "min": min(values), "max": max(values)})
+        out.append({"task": task, "level": level, "set": s, "group": name, "n": len(values), **spread(values)})
     return out
 
 
@@ -404,8 +404,6 @@ def search_beats_random(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def genotype_agreement(runs: str | Path, profile: Profile) -> dict[str, Any]:
     """Whether the ``lwas`` searches of different seeds derived the same genotype, and how many cells and paths differ."""
-    from .genotype import compare
-
     runs = Path(runs)
     found = {seed: runs / f"search/denoise-lwas-s{seed}/genotype.json" for seed in profile.seeds}
     genotypes = {seed: Genotype.load(p) for seed, p in found.items() if p.is_file()}
