@@ -2,14 +2,16 @@
 
 Part 1 re-measures the speed table of the task (512x512 gray, batch 1): DnCNN-17 in plain PyTorch and the
 three denoisers built as the authors build them (every edge one op, inputs (s1, s0)), each in its training
-form (eval mode, as built) and its inference form (``hinas.inference``: eager PyTorch, and ONNX Runtime),
-with parameters, nominal GFLOP (the training form's convolutions, 2 x MACs) and the achieved GFLOP/s, i.e.
-nominal GFLOP / latency, for every form. Rows are timed interleaved, round after round, and medians are
-reported, because the test machine is shared. Part 2: latency and peak tensor memory of the inference form
-at 256, 512 and 1024 pixels (gray and colour denoisers; SR at x2 and x4 output sizes; 1024 for a subset).
-On CUDA (``--device cuda``) part 1 is run at batch 1 and at a throughput batch.
+form (eval mode, as built) and its inference form (``hinas.inference``: eager PyTorch, ONNX Runtime and
+torch.compile), with parameters, nominal GFLOP (the training form's convolutions, 2 x MACs) and the achieved
+GFLOP/s, i.e. nominal GFLOP / latency, for every form. Rows are timed interleaved, round after round, and
+medians are reported, because the test machine is shared. On the CPU the run also measures the machine's dense
+peak (a large float32 matrix product), to show how close DnCNN-17 already runs to it. Part 2: latency and peak
+tensor memory of the inference form at 256, 512 and 1024 pixels (gray and colour denoisers; SR at x2 and x4
+output sizes; 1024 for a subset). On CUDA (``--device cuda``) part 1 is run at batch 1 and at a throughput
+batch.
 
-    python benchmarks/inference.py [--device cuda] [--repeats 3]
+    python benchmarks/inference.py [--device cuda] [--repeats 3] [--no-compile]
 
 Prints the tables and writes benchmarks/results/inference_<device>.json. Peak memory is the largest sum of
 live tensors recorded by the PyTorch profiler on CPU (torch.cuda.max_memory_allocated on CUDA).
@@ -75,19 +77,13 @@ class Folded(nn.Module):
 
 
 def executed_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """FLOPs (2 x MACs + bias) of the convolutions an inference form actually runs, e.g. more after composing."""
-    total = 0
+    """FLOPs (2 x MACs + bias) of the convolutions an inference form actually runs, e.g. more after composing.
 
-    def hook(m: FusedConv, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        o, i, kh, kw = m.weight.shape
-        total += out.numel() * (2 * i * kh * kw + 1)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, FusedConv)]
-    model(torch.zeros(shape, device=next(model.buffers()).device))
-    for h in handles:
-        h.remove()
-    return total
+    Every FusedConv of the inference form runs once per image, at the image's size (stride 1, no upscaling
+    before the pixel shuffle), so its count is its weight's MACs per pixel times the pixels.
+    """
+    n, _, h, w = shape
+    return sum(n * h * w * m.weight.shape[0] * (2 * m.weight[0].numel() + 1) for m in model.modules() if isinstance(m, FusedConv))
 
 
 def flops_at(net: nn.Module, channels: int, size: tuple[int, int]) -> int:
@@ -140,11 +136,19 @@ def quiet_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+OTHER_RUNTIME = ("(onnxruntime)", "(torch.compile)")
+"""Rows whose memory the PyTorch profiler does not see (ONNX Runtime's) or would record compiling."""
+
+
 def interleaved(rows: dict[str, Callable[[], Any]], device: torch.device, repeats: int, memory: bool) -> dict[str, dict[str, Any]]:
-    """Median latency over ``repeats`` rounds, each running every row once; the first (warm-up) round measures memory."""
+    """Median latency over ``repeats`` rounds, each running every row once; a first (warm-up) round measures memory."""
     result: dict[str, dict[str, Any]] = {name: {"times": []} for name in rows}
     for name, fn in rows.items():
-        result[name]["peak_mb"] = peak_memory(fn, device) / 2**20 if memory and not name.endswith("(onnxruntime)") else None
+        if memory and not name.endswith(OTHER_RUNTIME):
+            result[name]["peak_mb"] = peak_memory(fn, device) / 2**20
+        else:
+            fn()
+            result[name]["peak_mb"] = None
     for _ in range(repeats):
         for name, fn in rows.items():
             result[name]["times"].append(timed(fn, device))
@@ -153,7 +157,7 @@ def interleaved(rows: dict[str, Callable[[], Any]], device: torch.device, repeat
     return result
 
 
-def speed_table(device: torch.device, repeats: int, batch: int) -> list[dict[str, Any]]:
+def speed_table(device: torch.device, repeats: int, batch: int, compile: bool) -> list[dict[str, Any]]:
     size = (512, 512)
     x = torch.rand(batch, 1, *size, device=device)
     models: dict[str, tuple[nn.Module, nn.Module]] = {}  # row -> (module, training form for counting)
@@ -169,6 +173,8 @@ def speed_table(device: torch.device, repeats: int, batch: int) -> list[dict[str
             models[f"{name} inference form, separable as dense"] = (InferenceModel(net, separable="dense"), net)
         if device.type == "cpu":
             models[f"{name} inference form (onnxruntime)"] = (InferenceModel(net, "onnxruntime"), net)
+        if compile:
+            models[f"{name} inference form (torch.compile)"] = (InferenceModel(net, "compile"), net)
 
     def call(m: nn.Module) -> Callable[[], Any]:
         def run() -> Any:
@@ -240,11 +246,19 @@ def print_sizes(rows: list[dict[str, Any]]) -> None:
               f"{r['latency_s']:.3f} | {r['gflops_per_s']:.0f} | {r['peak_mb']:.0f} |")
 
 
-def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The task's CPU targets, checked on this run's figures."""
+def dense_peak(device: torch.device, n: int = 4096, repeats: int = 3) -> float:
+    """GFLOP/s of the BLAS on an n x n x n float32 product: the dense arithmetic rate this machine can reach."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    return 2 * n**3 / min(timed(lambda: torch.mm(a, b), device) for _ in range(repeats)) / 1e9
+
+
+def targets(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
+    """The task's CPU targets, checked on this run's figures; ``peak``: :func:`dense_peak`, for scale."""
     by = {r["network"]: r for r in rows}
     dncnn = by["DnCNN-17 (plain PyTorch)"]
-    result = {"dncnn_gflops_per_s": dncnn["gflops_per_s"]}
+    result = {"dense_peak_gflops_per_s": peak, "dncnn_gflops_per_s": dncnn["gflops_per_s"],
+              "dncnn_share_of_peak": dncnn["gflops_per_s"] / peak}
     for name, _, _ in TABLE:
         fast = min((r for n, r in by.items() if n.startswith(name) and "inference form" in n), key=lambda r: r["latency_s"])
         result[name] = {"best_form": fast["network"], "gflops_per_s": fast["gflops_per_s"],
@@ -261,6 +275,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per row (default: %(default)s)")
     parser.add_argument("--throughput-batch", type=int, default=8, help="batch of the CUDA throughput table (default: %(default)s)")
     parser.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator as it is (see keep_freed_memory)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="leave out the torch.compile rows (each compiles for a minute or so on two cores)")
     parser.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/inference_<device>.json)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -274,14 +290,16 @@ def main() -> None:
                               "cpus": os.cpu_count(), "allocator": allocator, "python": sys.version.split()[0]}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-        result["table"] = speed_table(device, args.repeats, 1)
+        result["table"] = speed_table(device, args.repeats, 1, args.compile)
         print_table(result["table"], "512x512 gray, batch 1")
-        result["throughput"] = speed_table(device, args.repeats, args.throughput_batch)
+        result["throughput"] = speed_table(device, args.repeats, args.throughput_batch, args.compile)
         print_table(result["throughput"], f"512x512 gray, batch {args.throughput_batch}")
     else:
-        result["table"] = speed_table(device, args.repeats, 1)
+        result["table"] = speed_table(device, args.repeats, 1, args.compile)
         print_table(result["table"], "512x512 gray, batch 1 (CPU)")
-        result["targets"] = targets(result["table"])
+        peak = dense_peak(device)
+        print(f"\ndense peak of this machine (4096^3 float32 matrix product): {peak:.0f} GFLOP/s")
+        result["targets"] = targets(result["table"], peak)
         print("\ntargets:", json.dumps(result["targets"], indent=1))
     print("\ninference form by size:", flush=True)
     result["sizes"] = size_sweep(device, max(1, args.repeats - 1), result["table"])

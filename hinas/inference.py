@@ -176,7 +176,10 @@ class FastCell(nn.Module):
             layout = torch.channels_last if s0.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
             out = torch.empty((s0.shape[0], self.nodes * c, *s0.shape[2:]), dtype=s0.dtype, device=s0.device, memory_format=layout)
         nodes: list[torch.Tensor | None] = [None] * self.nodes
-        """Out of place: each node's sum so far; in place: its slice of ``out``, once written."""
+        """Out of place: each node's sum so far; in place: its slice of ``out``, once written, or a tensor of its own."""
+        own: dict[int, torch.Tensor] = {}
+        """In place, the nodes that start with a 1x1 convolution on oneDNN: a tensor of their own that the node's
+        later 1x1 convolutions add to as they write, copied into ``out`` once complete (cheaper than adding to a slice)."""
 
         def state(j: int) -> torch.Tensor:
             if states[j] is None:
@@ -197,10 +200,14 @@ class FastCell(nn.Module):
             xs = [activated(j) if step.activated else state(j) for j in step.inputs]
             x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
             if out is not None and step.tail is not None:
-                t = step.targets[0]
-                node = out[:, t * c : (t + 1) * c]
-                step.tail.into(step.body[:-1](x), node, step.tail_bias, accumulate=nodes[t] is not None)
-                nodes[t] = node
+                t, h = step.targets[0], step.body[:-1](x)
+                if nodes[t] is not None:
+                    step.tail.into(h, nodes[t], step.tail_bias, accumulate=True)
+                elif step.tail.writes_fused(h):  # a node of its own, later ops add to it as they write
+                    nodes[t] = own[t] = step.tail(h, step.tail_bias)
+                else:
+                    nodes[t] = out[:, t * c : (t + 1) * c]
+                    step.tail.into(h, nodes[t], step.tail_bias, accumulate=False)
                 continue
             y = step.body(x)
             if in_place and out is None:  # the direct step
@@ -218,6 +225,8 @@ class FastCell(nn.Module):
         if in_place:
             for i in range(self.nodes):
                 state(2 + i)
+            for i, node in own.items():
+                out[:, i * c : (i + 1) * c].copy_(node)
             return out
         if self.direct and len(self.steps) == 1:
             return y
@@ -296,8 +305,8 @@ class FastDecoder(nn.Module):
     """The decoder with BatchNorm folded; the endpoint projection is done by the caller (it may fold into ``reduce``).
 
     Its first separable block reads the concatenation [projected endpoint, pre-processed feature]: its
-    depthwise convolution is run on each part and its 1x1 convolution sums the two parts' products,
-    so the concatenation is never built.
+    depthwise convolution is run on each part and its 1x1 convolution sums the two parts' products
+    (the second adding to the first as it writes), so the concatenation is never built.
     """
 
     def __init__(self, decoder: Decoder) -> None:
@@ -310,7 +319,8 @@ class FastDecoder(nn.Module):
         e = decoder.proj[0].out_channels
         self.depthwise = nn.ModuleList(FusedConv((w, b), groups=w.shape[0], act=depthwise.act) for w, b in
                                        zip(depthwise.weight.double().split((e, depthwise.out_channels - e)), depthwise.bias.double().split((e, depthwise.out_channels - e))))
-        self.mix = nn.ModuleList(FusedConv((w, mix.bias.double())) for w in mix.weight.double().split((e, mix.weight.shape[1] - e), dim=1))
+        projected, rest = mix.weight.double().split((e, mix.weight.shape[1] - e), dim=1)
+        self.mix = nn.ModuleList([FusedConv((projected, mix.bias.double() * 0)), FusedConv((rest, mix.bias.double()))])
         self.mix_act = mix.act
         self.fuse = nn.Sequential(*(c for block in decoder.fuse[1:] for c in fold_sequential(block)))
         self.head = fold_sequential(nn.Sequential(decoder.head))[0]
@@ -318,8 +328,7 @@ class FastDecoder(nn.Module):
     def forward(self, x1: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
         """``x1``: the activated last feature; ``projected``: the endpoint after the 48-channel projection."""
         y = self.mix[1](self.depthwise[1](self.pre(x1)))
-        self.mix[0].into(self.depthwise[0](projected), y, None, accumulate=True)
-        return self.head(self.fuse(F.leaky_relu_(y, self.mix_act)))
+        return self.head(self.fuse(self.mix[0].plus(self.depthwise[0](projected), y, self.mix_act)))
 
 
 class FastASPP(nn.Module):

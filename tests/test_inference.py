@@ -197,6 +197,43 @@ def test_each_cpu_kernel_equals_the_plain_convolution(shape, kernel, dilation, g
         torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("source", LAYOUTS, ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("target", LAYOUTS, ids=["to-nchw", "to-nhwc"])
+@pytest.mark.parametrize("c_out", [7, 20])  # 7: fewer outputs than MKL handles well from NCHW, padded to 16
+def test_pointwise_convolutions_write_the_layout_asked_for(source, target, c_out):
+    g = torch.Generator().manual_seed(4)
+    w, b = torch.randn(c_out, 12, 1, 1, generator=g), torch.randn(c_out, generator=g)
+    conv = FusedConv((w, b), act=0.2)
+    conv.memory_format = target
+    x = torch.randn(2, 12, 9, 13, generator=g).contiguous(memory_format=source)
+    y = conv(x)
+    assert y.is_contiguous(memory_format=target)
+    torch.testing.assert_close(y, nn.functional.leaky_relu(nn.functional.conv2d(x, w, b), 0.2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "nhwc"])
+def test_pointwise_convolutions_add_to_features_in_place(layout):
+    """What the cells and the decoder use to sum without temporaries: into a whole feature, a channel slice, or plus."""
+    g = torch.Generator().manual_seed(5)
+    w, b, bias = torch.randn(6, 5, 1, 1, generator=g), torch.randn(6, generator=g), torch.randn(6, generator=g)
+    conv = FusedConv((w, b))
+    x = torch.randn(2, 5, 11, 7, generator=g).contiguous(memory_format=layout)
+    product = nn.functional.conv2d(x, w)
+    for shape, part in (((2, 6, 11, 7), slice(None)), ((2, 14, 11, 7), slice(4, 10))):
+        buffer = torch.randn(*shape, generator=g).contiguous(memory_format=torch.channels_last)
+        expected = buffer.clone()
+        expected[:, part] += product + bias[:, None, None]
+        conv.into(x, buffer[:, part], bias, accumulate=True)
+        torch.testing.assert_close(buffer, expected, atol=1e-5, rtol=1e-5)
+        conv.into(x, buffer[:, part], None, accumulate=False)
+        torch.testing.assert_close(buffer[:, part], product, atol=1e-5, rtol=1e-5)
+    other = torch.randn(2, 6, 11, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    for act in (None, 0.0, 0.2):
+        expected = other + product + b[:, None, None]
+        expected = expected if act is None else nn.functional.leaky_relu(expected, act)
+        torch.testing.assert_close(conv.plus(x, other.clone(), act), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_batches_are_restored_image_by_image():
     net = trained_like(Network(uniform_genotype(DENOISE, "sep_conv_3x3", (0, 1, 1)), 8))
     x = torch.cat([degraded(DENOISE), degraded(DENOISE).flip(-1)])
