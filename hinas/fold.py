@@ -55,12 +55,13 @@ class FusedConv(nn.Module):
     ``act`` is the negative slope of the activation after the convolution (0 is ReLU, None is none).
 
     On the CPU (eager float32) each kind runs on the kernel measured fastest for it here: a 1x1
-    convolution is a matrix product that reads either layout and writes ``memory_format``, so it
-    changes layout for free where the next layer wants the other one; a dense undilated 3x3
-    convolution on an NCHW input runs on NNPACK's Winograd kernels (about 2x oneDNN's speed at
-    20-128 channels, rounding within 2e-5 of the direct sum); the rest (depthwise, dilated) runs
-    on oneDNN in channels_last, 2-3x its NCHW speed. Elsewhere (GPU, tracing for ONNX,
-    torch.compile) it is a plain ``conv2d``.
+    convolution runs on oneDNN where its input already has the layout it writes (``memory_format``)
+    and is otherwise a matrix product that reads one layout and writes the other, so layouts change
+    for free where the next layer wants the other one; a dense undilated 3x3 convolution on an NCHW
+    input runs on NNPACK's Winograd kernels (about 2x oneDNN's speed at 20-128 channels, rounding
+    within 2e-5 of the direct sum); the rest (depthwise, dilated) runs on oneDNN in channels_last,
+    2-3x its NCHW speed. oneDNN applies the activation as it writes. Elsewhere (GPU, tracing for
+    ONNX, torch.compile) it is a plain ``conv2d``.
     """
 
     def __init__(self, affine: Affine, *, dilation: int = 1, groups: int = 1, act: float | None = None) -> None:
@@ -97,10 +98,7 @@ class FusedConv(nn.Module):
         o, c, k, _ = self.weight.shape
         return self.groups == 1 and k > 1 and 2 * o * k * k <= c
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``bias``: instead of this convolution's own (a 1x1 one on oneDNN only, see :meth:`writes_fused`)."""
-        if bias is not None:
-            return self._onednn(x, bias, self.act)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not cpu_kernels(x):
             y = F.conv2d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation, groups=self.groups)
         elif self.is_pointwise and _onednn and (_pixels_by_channels(x) if self.memory_format == torch.channels_last
@@ -133,12 +131,12 @@ class FusedConv(nn.Module):
         return y if act is None else F.leaky_relu_(y, act)
 
     def plus(self, x: torch.Tensor, other: torch.Tensor, act: float | None) -> torch.Tensor:
-        """LeakyReLU(this convolution of ``x`` + ``other``) with slope ``act`` (None: no activation); ``other`` may be
-        overwritten. On the CPU oneDNN adds and activates as it writes: one pass over the output instead of three."""
+        """LeakyReLU(this convolution of ``x`` + ``other``) with slope ``act`` (None: no activation), written into
+        ``other``. On the CPU oneDNN adds as it writes: one pass over the output fewer."""
         if cpu_kernels(x) and _onednn_post_ops and _pixels_by_channels(x) and _pixels_by_channels(other):
-            # the sum's only activation post-op is ReLU (no LeakyReLU)
-            y = torch.ops.mkldnn._convolution_pointwise.binary(
-                x, other, self.weight, self.bias, [self.padding] * 2, [1, 1], [self.dilation] * 2, self.groups,
+            # written into ``other`` (no second feature alive); the sum's only activation post-op is ReLU
+            y = torch.ops.mkldnn._convolution_pointwise_.binary(
+                other, x, self.weight, self.bias, [self.padding] * 2, [1, 1], [self.dilation] * 2, self.groups,
                 "add", 1.0, "relu" if act == 0 else None, [], None)
             return y if act is None or act == 0 else F.leaky_relu_(y, act)
         y = other.add_(F.conv2d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation, groups=self.groups))
@@ -147,6 +145,10 @@ class FusedConv(nn.Module):
     def writes_fused(self, x: torch.Tensor) -> bool:
         """This 1x1 convolution of ``x`` runs on oneDNN, which can add to an existing tensor as it writes."""
         return self.is_pointwise and cpu_kernels(x) and _onednn_post_ops and _pixels_by_channels(x)
+
+    def with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """This convolution of ``x`` with ``bias`` instead of its own, on oneDNN (where :meth:`writes_fused`)."""
+        return self._onednn(x, bias, self.act)
 
     def into(self, x: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None, accumulate: bool) -> None:
         """Write (or add) this 1x1 convolution, no activation, with ``bias`` instead of its own, to ``out`` in place.

@@ -204,7 +204,7 @@ class FastCell(nn.Module):
                 if nodes[t] is not None:
                     step.tail.into(h, nodes[t], step.tail_bias, accumulate=True)
                 elif step.tail.writes_fused(h):  # a node of its own, later ops add to it as they write
-                    nodes[t] = own[t] = step.tail(h, step.tail_bias)
+                    nodes[t] = own[t] = step.tail.with_bias(h, step.tail_bias)
                 else:
                     nodes[t] = out[:, t * c : (t + 1) * c]
                     step.tail.into(h, nodes[t], step.tail_bias, accumulate=False)
