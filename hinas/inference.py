@@ -7,9 +7,10 @@ BatchNorm is folded into the convolution before it, every activation is computed
 convolutions that read the same features with the same kernel become one wider convolution (stacked
 outputs, or concatenated inputs where they feed the same sum). On the CPU each convolution runs on the
 kernel and in the layout measured fastest for its kind (:class:`~hinas.fold.FusedConv`: Winograd for
-dense 3x3 in NCHW, oneDNN for depthwise and dilated ones in channels_last, 1x1 as matrix products that
-change layout for free), a cell's nodes are written in place into slices of its output (no sums of
-temporaries, no concatenation), and the decoder never concatenates its two inputs.
+dense 3x3 in NCHW, oneDNN for depthwise and dilated ones in channels_last, 1x1 on oneDNN or as matrix
+products that change layout for free), a cell's nodes are summed as their convolutions write them (in
+slices of the cell's output, or in a tensor of their own copied there once), and the decoder never
+concatenates its two inputs.
 """
 
 from __future__ import annotations
