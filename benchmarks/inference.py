@@ -6,7 +6,8 @@ form (eval mode, as built) and its inference form (``hinas.inference``: eager Py
 torch.compile), with parameters, nominal GFLOP (the training form's convolutions, 2 x MACs) and the achieved
 GFLOP/s, i.e. nominal GFLOP / latency, for every form. Rows are timed interleaved, round after round, and
 medians are reported, because the test machine is shared. On the CPU the run also measures the machine's dense
-peak (a large float32 matrix product), to show how close DnCNN-17 already runs to it. Part 2: latency and peak
+peak (a large float32 matrix product), to show how close DnCNN-17 already runs to it, and times each part of the
+inference forms (stem, cells, decoder, ...) with the FLOPs it executes. Part 2: latency and peak
 tensor memory of the inference form at 256, 512 and 1024 pixels (gray and colour denoisers; SR at x2 and x4
 output sizes; 1024 for a subset). On CUDA (``--device cuda``) part 1 is run at batch 1 and at a throughput
 batch.
@@ -194,6 +195,43 @@ def speed_table(device: torch.device, repeats: int, batch: int, compile: bool) -
     return rows
 
 
+def by_part(repeats: int) -> list[dict[str, Any]]:
+    """Where the inference form's time goes (CPU, 512x512 gray): each top-level part of the network, timed by hooks
+    over ``repeats`` passes, with the FLOPs its convolutions execute and so its arithmetic rate."""
+    rows = []
+    x = torch.rand(1, 1, 512, 512)
+    for name, op, path in TABLE:
+        model = InferenceModel(trained_like(Network(uniform(DENOISE, op, path), 20), 1))
+        spent: dict[str, float] = {}
+        started: dict[str, float] = {}
+        handles = []
+        for part, module in model.fast.named_children():
+            for m in module if isinstance(module, nn.ModuleList) else [module]:
+                handles.append(m.register_forward_pre_hook(lambda *_, p=part: started.__setitem__(p, time.perf_counter())))
+                handles.append(m.register_forward_hook(
+                    lambda *_, p=part: spent.__setitem__(p, spent.get(p, 0.0) + time.perf_counter() - started[p])))
+        model(x)
+        spent.clear()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+        total = (time.perf_counter() - start) / repeats
+        for h in handles:
+            h.remove()
+        for part, module in model.fast.named_children():
+            seconds, gflop = spent[part] / repeats, executed_flops(module, (1, 1, 512, 512)) / 1e9
+            rows.append({"network": name, "part": part, "ms": seconds * 1e3, "gflop_run": gflop, "gflops_per_s": gflop / seconds})
+        rows.append({"network": name, "part": "whole", "ms": total * 1e3, "gflop_run": executed_flops(model.fast, (1, 1, 512, 512)) / 1e9,
+                     "gflops_per_s": executed_flops(model.fast, (1, 1, 512, 512)) / 1e9 / total})
+    return rows
+
+
+def print_parts(rows: list[dict[str, Any]]) -> None:
+    print("\ninference form by part, 512x512 gray (GFLOP run / time)\n| network | part | ms | GFLOP run | GFLOP/s |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['network'][6:]} | {r['part']} | {r['ms']:.0f} | {r['gflop_run']:.1f} | {r['gflops_per_s']:.0f} |")
+
+
 SIZES = [  # (name, space, op, path, output sides; the inference form only; gray 512 comes from the speed table)
     ("gray sep3x3 [0,0,0]", DENOISE, "sep_conv_3x3", (0, 0, 0), (256, 1024)),
     ("gray conv3x3 [0,1,2]", DENOISE, "conv_3x3", (0, 1, 2), (256,)),
@@ -301,6 +339,8 @@ def main() -> None:
         print(f"\ndense peak of this machine (4096^3 float32 matrix product): {peak:.0f} GFLOP/s")
         result["targets"] = targets(result["table"], peak)
         print("\ntargets:", json.dumps(result["targets"], indent=1))
+        result["parts"] = by_part(args.repeats)
+        print_parts(result["parts"])
     print("\ninference form by size:", flush=True)
     result["sizes"] = size_sweep(device, max(1, args.repeats - 1), result["table"])
     print_sizes(result["sizes"])
