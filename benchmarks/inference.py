@@ -188,7 +188,7 @@ def speed_table(device: torch.device, repeats: int, batch: int, compile: bool) -
     for name, (m, train) in models.items():
         gflop = batch * flops_at(train, 1, size) / 1e9
         r = measured[name]
-        executed = executed_flops(m.fast, (1, 1, 64, 64)) * 64 * batch / 1e9 if isinstance(m, InferenceModel) else None
+        executed = executed_flops(m.fast, (batch, 1, *size)) / 1e9 if isinstance(m, InferenceModel) else None
         rows.append({"network": name, "params": count_params(train), "gflop": gflop, "executed_gflop": executed,
                      "latency_s": r["latency_s"], "times_s": r["times"], "gflops_per_s": gflop / r["latency_s"],
                      "peak_mb": r["peak_mb"], "batch": batch, "size": list(size)})
@@ -199,30 +199,37 @@ def by_part(repeats: int) -> list[dict[str, Any]]:
     """Where the inference form's time goes (CPU, 512x512 gray): each top-level part of the network, timed by hooks
     over ``repeats`` passes, with the FLOPs its convolutions execute and so its arithmetic rate."""
     rows = []
-    x = torch.rand(1, 1, 512, 512)
+    shape = (1, 1, 512, 512)
+    x = torch.rand(shape)
     for name, op, path in TABLE:
         model = InferenceModel(trained_like(Network(uniform(DENOISE, op, path), 20), 1))
-        spent: dict[str, float] = {}
+        parts = dict(model.fast.named_children())
+        spent = dict.fromkeys(parts, 0.0)
         started: dict[str, float] = {}
+
+        def start(part: str) -> None:
+            started[part] = time.perf_counter()
+
+        def stop(part: str) -> None:
+            spent[part] += time.perf_counter() - started[part]
+
         handles = []
-        for part, module in model.fast.named_children():
+        for part, module in parts.items():
             for m in module if isinstance(module, nn.ModuleList) else [module]:
-                handles.append(m.register_forward_pre_hook(lambda *_, p=part: started.__setitem__(p, time.perf_counter())))
-                handles.append(m.register_forward_hook(
-                    lambda *_, p=part: spent.__setitem__(p, spent.get(p, 0.0) + time.perf_counter() - started[p])))
-        model(x)
-        spent.clear()
-        start = time.perf_counter()
+                handles.append(m.register_forward_pre_hook(lambda *_, p=part: start(p)))
+                handles.append(m.register_forward_hook(lambda *_, p=part: stop(p)))
+        model(x)  # warm-up
+        for part in parts:
+            spent[part] = 0.0
+        began = time.perf_counter()
         for _ in range(repeats):
             model(x)
-        total = (time.perf_counter() - start) / repeats
+        spent["whole"] = time.perf_counter() - began
         for h in handles:
             h.remove()
-        for part, module in model.fast.named_children():
-            seconds, gflop = spent[part] / repeats, executed_flops(module, (1, 1, 512, 512)) / 1e9
+        for part, module in [*parts.items(), ("whole", model.fast)]:
+            seconds, gflop = spent[part] / repeats, executed_flops(module, shape) / 1e9
             rows.append({"network": name, "part": part, "ms": seconds * 1e3, "gflop_run": gflop, "gflops_per_s": gflop / seconds})
-        rows.append({"network": name, "part": "whole", "ms": total * 1e3, "gflop_run": executed_flops(model.fast, (1, 1, 512, 512)) / 1e9,
-                     "gflops_per_s": executed_flops(model.fast, (1, 1, 512, 512)) / 1e9 / total})
     return rows
 
 

@@ -105,7 +105,7 @@ class FusedConv(nn.Module):
                                                  else x.is_contiguous()):
             # oneDNN's 1x1 kernel adds the bias and the activation as it writes (a matrix product: two more passes),
             # and in NCHW it beats MKL's product at these widths (80->40 channels: 21 ms against 53 ms)
-            return self._onednn(x, self.bias, self.act)
+            return self._run_onednn(x, self.bias, self.act)
         elif self.is_pointwise:
             y = pointwise(x, self.weight[:, :, 0, 0], self.bias, self.memory_format)
         elif self.narrow:
@@ -115,13 +115,13 @@ class FusedConv(nn.Module):
         elif self.dense3x3 and x.is_contiguous():
             y = F.conv2d(x, self.weight.contiguous(), self.bias, padding=self.padding)  # NCHW, for a Winograd one next
         elif _onednn:
-            return self._onednn(x.contiguous(memory_format=torch.channels_last), self.bias, self.act)
+            return self._run_onednn(x.contiguous(memory_format=torch.channels_last), self.bias, self.act)
         else:
             x = x.contiguous(memory_format=torch.channels_last)
             y = F.conv2d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation, groups=self.groups)
         return y if self.act is None else F.leaky_relu_(y, self.act)
 
-    def _onednn(self, x: torch.Tensor, bias: torch.Tensor | None, act: float | None) -> torch.Tensor:
+    def _run_onednn(self, x: torch.Tensor, bias: torch.Tensor | None, act: float | None) -> torch.Tensor:
         """oneDNN on a channels_last input, the activation applied as the output is written where this build can."""
         pad, dil = [self.padding] * 2, [self.dilation] * 2
         if _onednn_post_ops:
@@ -135,12 +135,16 @@ class FusedConv(nn.Module):
         ``other``. On the CPU oneDNN adds as it writes: one pass over the output fewer."""
         if cpu_kernels(x) and _onednn_post_ops and _pixels_by_channels(x) and _pixels_by_channels(other):
             # written into ``other`` (no second feature alive); the sum's only activation post-op is ReLU
-            y = torch.ops.mkldnn._convolution_pointwise_.binary(
-                other, x, self.weight, self.bias, [self.padding] * 2, [1, 1], [self.dilation] * 2, self.groups,
-                "add", 1.0, "relu" if act == 0 else None, [], None)
+            y = self._add_onednn(x, other, self.bias, relu=act == 0)
             return y if act is None or act == 0 else F.leaky_relu_(y, act)
         y = other.add_(F.conv2d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation, groups=self.groups))
         return y if act is None else F.leaky_relu_(y, act)
+
+    def _add_onednn(self, x: torch.Tensor, other: torch.Tensor, bias: torch.Tensor | None, relu: bool = False) -> torch.Tensor:
+        """``other`` += this convolution of ``x`` (with ``bias``), then ReLU if asked, as oneDNN writes; returns ``other``."""
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            other, x, self.weight, bias, [self.padding] * 2, [1, 1], [self.dilation] * 2, self.groups,
+            "add", 1.0, "relu" if relu else None, [], None)
 
     def writes_fused(self, x: torch.Tensor) -> bool:
         """This 1x1 convolution of ``x`` runs on oneDNN, which can add to an existing tensor as it writes."""
@@ -148,7 +152,7 @@ class FusedConv(nn.Module):
 
     def with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """This convolution of ``x`` with ``bias`` instead of its own, on oneDNN (where :meth:`writes_fused`)."""
-        return self._onednn(x, bias, self.act)
+        return self._run_onednn(x, bias, self.act)
 
     def into(self, x: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None, accumulate: bool) -> None:
         """Write (or add) this 1x1 convolution, no activation, with ``bias`` instead of its own, to ``out`` in place.
@@ -157,10 +161,9 @@ class FusedConv(nn.Module):
         directly (2.0 ms against 4.6 ms for 10 channels at 512x512: MKL is slow with so few columns); where
         ``out`` is a whole channels_last tensor, oneDNN adds to it as it writes (1.3 ms)."""
         if accumulate and self.writes_fused(x) and out.is_contiguous(memory_format=torch.channels_last):
-            torch.ops.mkldnn._convolution_pointwise_.binary(
-                out, x, self.weight, bias, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None, [], None)
+            self._add_onednn(x, out, bias)
         elif cpu_kernels(x) and cpu_kernels(out) and _onednn and _pixels_by_channels(x):
-            y = self._onednn(x, bias, None)
+            y = self._run_onednn(x, bias, None)
             out.add_(y) if accumulate else out.copy_(y)
         elif cpu_kernels(x) and cpu_kernels(out):
             pointwise(x, self.weight[:, :, 0, 0], bias, out=out, accumulate=accumulate)

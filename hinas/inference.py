@@ -164,7 +164,8 @@ class FastCell(nn.Module):
         return steps
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        """On the CPU, nodes are channel slices of the output written in place: no temporary sums, no concatenation.
+        """On the CPU, nodes are summed in place, in channel slices of the output or in a tensor of their own copied
+        there once: no temporary sums, no concatenation.
 
         Elsewhere (GPU, ONNX tracing, torch.compile) nodes are summed and concatenated out of place.
         """
@@ -182,11 +183,15 @@ class FastCell(nn.Module):
         """In place, the nodes that start with a 1x1 convolution on oneDNN: a tensor of their own that the node's
         later 1x1 convolutions add to as they write, copied into ``out`` once complete (cheaper than adding to a slice)."""
 
+        def slot(t: int) -> torch.Tensor:
+            """Node ``t``'s channels of ``out``."""
+            return out[:, t * c : (t + 1) * c]
+
         def state(j: int) -> torch.Tensor:
             if states[j] is None:
                 node = nodes[j - 2]
                 if node is None:  # a node of zero ops only
-                    node = out[:, (j - 2) * c : (j - 1) * c].zero_() if in_place else torch.zeros_like(s0)
+                    node = slot(j - 2).zero_() if in_place else torch.zeros_like(s0)
                 states[j] = node
             return states[j]
 
@@ -207,7 +212,7 @@ class FastCell(nn.Module):
                 elif step.tail.writes_fused(h):  # a node of its own, later ops add to it as they write
                     nodes[t] = own[t] = step.tail.with_bias(h, step.tail_bias)
                 else:
-                    nodes[t] = out[:, t * c : (t + 1) * c]
+                    nodes[t] = slot(t)
                     step.tail.into(h, nodes[t], step.tail_bias, accumulate=False)
                 continue
             y = step.body(x)
@@ -218,7 +223,7 @@ class FastCell(nn.Module):
                 if not in_place:
                     nodes[t] = part if nodes[t] is None else nodes[t] + part
                 elif nodes[t] is None:
-                    nodes[t] = out[:, t * c : (t + 1) * c]
+                    nodes[t] = slot(t)
                     if part.data_ptr() != nodes[t].data_ptr():
                         nodes[t].copy_(part)
                 else:
@@ -227,7 +232,7 @@ class FastCell(nn.Module):
             for i in range(self.nodes):
                 state(2 + i)
             for i, node in own.items():
-                out[:, i * c : (i + 1) * c].copy_(node)
+                slot(i).copy_(node)
             return out
         if self.direct and len(self.steps) == 1:
             return y
