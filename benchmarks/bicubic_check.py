@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from hinas.data.images.images.images import data_root, named_set
 
-from hinas.data import data_root, named_set
-from hinas.degrade import bicubic_baseline
-from hinas.metrics import convention_for
+from hinas.eval.metrics import convention_for
+from hinas.eval.scoring import bicubic_baseline
 
 MATLAB = {"Set5": (33.66, 30.39, 28.42), "Set14": (30.24, 27.55, 26.00), "B100": (29.56, 27.21, 25.96)}
 SCALES = (2, 3, 4)

@@ -2,7 +2,7 @@
 
 Part 1 re-measures the speed table of the task (512x512 gray, batch 1): DnCNN-17 in plain PyTorch and the
 three denoisers built as the authors build them (every edge one op, inputs (s1, s0)), each in its training
-form (eval mode, as built) and its inference form (``hinas.inference``: eager PyTorch, ONNX Runtime and
+form (eval mode, as built) and its inference form (``hinas.infer.fast``: eager PyTorch, ONNX Runtime and
 torch.compile), with parameters, nominal GFLOP (the training form's convolutions, 2 x MACs) and the achieved
 GFLOP/s, i.e. nominal GFLOP / latency, for every form. Rows are timed interleaved, round after round, and
 medians are reported, because the test machine is shared. On the CPU the run also measures the machine's dense
@@ -34,13 +34,14 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from hinas.baselines import DnCNN
-from hinas.complexity import count_flops, count_params
-from hinas.fold import FusedConv, fold_sequential
-from hinas.genotype import Genotype
-from hinas.inference import InferenceModel, keep_freed_memory
-from hinas.network import Network
-from hinas.space import SearchSpace, preset
+from hinas.hardware import keep_freed_memory
+from hinas.infer.backends import InferenceModel
+from hinas.infer.kernels import FusedConv, fold_sequential
+from hinas.nas.baselines import DnCNN
+from hinas.nas.complexity import count_flops, count_params
+from hinas.nas.genotype import Genotype
+from hinas.nas.network import Network
+from hinas.nas.space import SearchSpace, preset
 
 TABLE = [  # (name, op on every edge, width path): the denoisers of the task's speed table, gray, F=20, B=4, L=3
     ("HiNAS conv3x3 [0,1,2]", "conv_3x3", (0, 1, 2)),

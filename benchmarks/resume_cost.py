@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import torch
+from hinas.data.images.images import data_root, in_memory, load_images, split_images
 
-from hinas.checkpoint import Checkpointer, read_checkpoint, restore_state
-from hinas.data import data_root, in_memory, load_images, split_images
-from hinas.runtime import CHECKPOINT, RunDir
-from hinas.search import SearchProgress
-from hinas.settings import SearchConfig, resolve
-from hinas.supernet import Supernet
+from hinas.engine.checkpoint import Checkpointer, read_checkpoint, restore_state
+from hinas.engine.rundir import CHECKPOINT, RunDir
+from hinas.engine.settings import SearchConfig, resolve
+from hinas.jobs.search import SearchProgress
+from hinas.nas.supernet import Supernet
 
 
 def checkpoint_cost(preset: str, repeats: int) -> dict:

@@ -12,7 +12,7 @@ torch.cuda.max_memory_allocated). Configurations:
 - the paper's memory ablation on the denoising space at batch 6 (fused): cell_eval shared vs
   per_transition, alpha sharing lwas / tied / independent (table and bar chart).
 
-GFLOP per step is nominal: 3 x the reference supernet's forward convolution FLOPs (hinas.complexity;
+GFLOP per step is nominal: 3 x the reference supernet's forward convolution FLOPs (hinas.nas.complexity;
 backward ~ 2 x forward), the same for every impl, so GFLOP/s compares useful work. It is set against
 the rate of one dense 64-channel 3x3 convolution (forward + backward, batch 6, 64x64) measured in the
 same run. ``--profile`` (CPU) adds a per-op-type table of one fused step (time share, GFLOP, GFLOP/s); its GFLOP
@@ -48,9 +48,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hinas.complexity import count_flops
-from hinas.space import SearchSpace, preset
-from hinas.supernet import Supernet
+from hinas.nas.complexity import count_flops
+from hinas.nas.space import SearchSpace, preset
+from hinas.nas.supernet import Supernet
 
 RESULTS = Path(__file__).parent / "results"
 PATCH = 64

@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, HinasError, Interrupted
-from .settings import PRESETS, EvalConfig, SearchConfig, TrainConfig, resolve
+from hinas.engine.settings import PRESETS, EvalConfig, SearchConfig, TrainConfig, resolve
+from hinas.errors import ConfigError, HinasError, Interrupted
 
 COMMANDS = {"search": SearchConfig, "retrain": TrainConfig, "evaluate": EvalConfig}
 RESUMABLE = ("search", "retrain")
@@ -79,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def describe(genotype, filters: int | None = None) -> str:
     """A text summary: width path, cells, size of the derived network."""
-    from .complexity import count_flops, count_params
-    from .network import Network
-    from .render import state_name
+    from hinas.nas.complexity import count_flops, count_params
+    from hinas.nas.network import Network
+    from hinas.viz.render import state_name
 
     space = genotype.space
     net = Network(genotype, filters)
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         progress = not args.quiet
         again = {"resume": bool(resume), "force": args.force} if args.command in RESUMABLE else {}
         if args.command == "search":
-            from .distributed import is_main_process
-            from .search import search
+            from hinas.engine.distributed import is_main_process
+            from hinas.jobs.search import search
 
             result = search(cfg, args.out, overwrite=args.overwrite, progress=progress, **again)
             if not is_main_process():
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(result.genotype))
             print(f"genotype: {result.run_dir / 'genotype.json'} (epoch {result.best_epoch}); drawing: {result.run_dir / 'genotype.svg'}")
         elif args.command == "retrain":
-            from .distributed import is_main_process
-            from .train import retrain
+            from hinas.engine.distributed import is_main_process
+            from hinas.jobs.retrain import retrain
 
             m = retrain(cfg, args.out, overwrite=args.overwrite, progress=progress, **again)
             if not is_main_process():
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"best validation PSNR {m['val_psnr']:.2f} dB (input {m['input_psnr']:.2f} dB) at iteration "
                   f"{m['best_iteration']}; {m['params_m']:.3f} M parameters; model: {Path(args.out) / 'best.pt'}")
         else:
-            from .evaluate import evaluate_run
-            from .inference import keep_freed_memory
+            from hinas.hardware import keep_freed_memory
+            from hinas.jobs.evaluate import evaluate_run
 
             keep_freed_memory()
             m = evaluate_run(cfg, args.out, overwrite=args.overwrite, progress=progress)
@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from . import pipeline
-    from .settings import load_section
+    from hinas.engine.settings import load_section
+    from hinas.studies import pipeline
 
     if args.command == "prepare":
         section = load_section(args.config)
@@ -175,7 +175,7 @@ def _pipeline(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{name}: {info['images']} images" for name, info in manifest["sets"].items())
         print(f"manifest: {args.out} ({counts})")
     elif args.command == "aggregate":
-        from . import aggregate
+        from hinas.studies import aggregate
 
         summary = aggregate.aggregate(args.runs)
         aggregate.write(summary, args.json, args.markdown)
@@ -187,8 +187,8 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from .apply import restore_folder
-    from .inference import keep_freed_memory
+    from hinas.hardware import keep_freed_memory
+    from hinas.infer.folder import restore_folder
 
     keep_freed_memory()
     written = restore_folder(args.model, args.input, args.output, tile=args.tile, overlap=args.overlap, device=args.device,
@@ -198,7 +198,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import main_job
+    from hinas.jobs.demo import main_job
 
     res = main_job(args.out, args.preset, overwrite=args.overwrite, progress=not args.quiet)
     for r in res["results"]:
@@ -209,8 +209,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .genotype import Genotype
-    from .render import draw_genotype
+    from hinas.nas.genotype import Genotype
+    from hinas.viz.render import draw_genotype
 
     path = Path(args.genotype)
     path = path / "genotype.json" if path.is_dir() else path

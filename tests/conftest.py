@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from hinas.genotype import Genotype
-from hinas.space import SearchSpace
+from hinas.nas.genotype import Genotype
+from hinas.nas.space import SearchSpace
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,10 @@ import statistics
 import pytest
 from conftest import small_space, uniform_genotype
 
-from hinas.aggregate import aggregate
 from hinas.cli import main
 from hinas.errors import ConfigError
-from hinas.genotype import Genotype
+from hinas.nas.genotype import Genotype
+from hinas.studies.aggregate import aggregate
 
 
 def search_run(folder, val_psnr: float, op: str, epoch: int) -> None:

@@ -18,22 +18,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_space, uniform_genotype
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import hinas.runtime
-from conftest import small_space, uniform_genotype
+import hinas.engine.rundir
 from hinas import config
-from hinas.checkpoint import FORMAT, read_checkpoint
 from hinas.cli import main
+from hinas.engine.checkpoint import FORMAT, read_checkpoint
+from hinas.engine.rundir import CHECKPOINT
+from hinas.engine.settings import EvalConfig, SearchConfig, TrainConfig, resolve
 from hinas.errors import CheckpointError, ConfigError, DataError, GenotypeError
-from hinas.evaluate import evaluate_model
-from hinas.genotype import MAX_BYTES, Genotype
-from hinas.network import Network, load_model, save_model
-from hinas.runtime import CHECKPOINT
-from hinas.settings import EvalConfig, SearchConfig, TrainConfig, resolve
-from hinas.space import SearchSpace, preset
+from hinas.eval.scoring import evaluate_model
+from hinas.nas.genotype import MAX_BYTES, Genotype
+from hinas.nas.network import Network, load_model, save_model
+from hinas.nas.space import SearchSpace, preset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ def test_hostile_genotype_json_is_refused(tmp_path, text, message):
 
 
 def test_genotype_files_that_are_not_json_or_too_large_are_refused(tmp_path):
-    (tmp_path / "pickled.json").write_bytes(pickle.dumps({"schema": "hinas.genotype"}))
+    (tmp_path / "pickled.json").write_bytes(pickle.dumps({"schema": "hinas.nas.genotype"}))
     with pytest.raises(GenotypeError, match="cannot read genotype file"):
         Genotype.load(tmp_path / "pickled.json")
     (tmp_path / "big.json").write_text(" " * (MAX_BYTES + 1))
@@ -236,7 +236,7 @@ class Payload:
 def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path, capsys):
     marker = tmp_path / "pwned"
     hostile = tmp_path / "hostile.pt"
-    torch.save({"format": "hinas.network", "genotype": Payload(marker)}, hostile)
+    torch.save({"format": "hinas.nas.network", "genotype": Payload(marker)}, hostile)
     with pytest.raises(GenotypeError, match="not a loadable hinas checkpoint"):
         load_model(hostile)
     with pytest.raises(CheckpointError, match="holds objects other than tensors and plain data.*GLOBAL posix.system"):
@@ -299,7 +299,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, mon
                 return FullDiskFile(f)
         return f
 
-    monkeypatch.setattr(hinas.runtime, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(hinas.engine.rundir, "open", full_disk_open, raising=False)
     run = tmp_path / "run"
     assert main(SMOKE + ["--set", "checkpoint_every=1", "--out", str(run), "--quiet"]) == 2
     assert f"cannot write {run / CHECKPOINT}: No space left on device" in capsys.readouterr().err

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from hinas.data.images.images import data_root, named_set
 
-from hinas.data import data_root, named_set
-from hinas.degrade import bicubic_baseline
+from hinas.eval.scoring import bicubic_baseline
 
 MATLAB = {"Set5": (33.66, 30.39, 28.42), "Set14": (30.24, 27.55, 26.00), "B100": (29.56, 27.21, 25.96)}
 TOLERANCE = 0.03  # dB; Set14 needs its gray bridge.png read as luma, as MATLAB's scripts do (see rgb_to_y)

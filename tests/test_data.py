@@ -4,25 +4,25 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from PIL import Image, ImageFile
-from torch.utils.data import DataLoader
-
-from hinas.data import (
+from hinas.data.images.degrade import sr_pair
+from hinas.data.images.images import (
     EMBEDDED,
     NAMED_SETS,
     ImageSet,
     PatchDataset,
     data_root,
-    load_images,
-    save_image,
-    split_images,
     embedded_images,
     embedded_split,
     folder_images,
     load_image,
+    load_images,
     named_set,
+    save_image,
+    split_images,
 )
-from hinas.degrade import sr_pair
+from PIL import Image, ImageFile
+from torch.utils.data import DataLoader
+
 from hinas.errors import ConfigError, DataError
 
 

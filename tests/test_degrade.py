@@ -6,19 +6,10 @@ from pathlib import Path
 import pytest
 import skimage.data
 import torch
+from hinas.data.images.degrade import add_noise, bicubic_down, bicubic_up, modcrop, noise_seed, seeded_noisy, sr_pair, stable_seed
 
-from hinas.degrade import (
-    add_noise,
-    bicubic_baseline,
-    bicubic_down,
-    bicubic_up,
-    modcrop,
-    noise_seed,
-    seeded_noisy,
-    sr_pair,
-    stable_seed,
-)
 from hinas.errors import ConfigError
+from hinas.eval.scoring import bicubic_baseline
 
 
 def test_noise_has_the_requested_sigma_and_is_not_clipped():
@@ -47,7 +38,7 @@ def test_noise_seed_is_stable_across_processes():
     # hashlib, not hash(): the same in every process regardless of PYTHONHASHSEED
     assert noise_seed("Set12/01", 25) == noise_seed("Set12/01", 25.0) == 55795797
     assert noise_seed("Set12/01", 50) != noise_seed("Set12/02", 50) != noise_seed("Set12/01", 25)
-    code = "from hinas.degrade import noise_seed; print(noise_seed('Set12/01', 25))"
+    code = "from hinas.data.degrade import noise_seed; print(noise_seed('Set12/01', 25))"
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=Path(__file__).parents[1]

@@ -11,13 +11,13 @@ import torch.distributed as dist
 from torch import nn
 
 from hinas.cli import main
-from hinas.distributed import Context, GlobalBatchNorm2d, GlobalScaledBatchNorm, RankBatches
+from hinas.engine.distributed import Context, GlobalBatchNorm2d, GlobalScaledBatchNorm, RankBatches
+from hinas.engine.settings import SearchConfig
 from hinas.errors import ConfigError
-from hinas.fused import ScaledBatchNorm
-from hinas.genotype import Genotype
-from hinas.settings import SearchConfig
-from hinas.space import preset
-from hinas.supernet import Supernet
+from hinas.nas.genotype import Genotype
+from hinas.nas.space import preset
+from hinas.nas.supercell import ScaledBatchNorm
+from hinas.nas.supernet import Supernet
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import uniform_genotype
+from hinas.data.images.degrade import noise_seed
 from torch import nn
 
-from conftest import uniform_genotype
-from hinas.degrade import noise_seed
-from hinas.evaluate import Bicubic, evaluate_model, restore
-from hinas.network import Network
-from hinas.space import preset
+from hinas.eval.scoring import Bicubic, evaluate_model, restore
+from hinas.nas.network import Network
+from hinas.nas.space import preset
 
 
 class Constant(nn.Module):

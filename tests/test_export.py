@@ -2,11 +2,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import uniform_genotype
-from hinas.export import export_onnx
-from hinas.network import Network
-from hinas.space import SearchSpace, preset
+
+from hinas.infer.export import export_onnx
+from hinas.nas.network import Network
+from hinas.nas.space import SearchSpace, preset
 
 
 def run_onnx(path, x: torch.Tensor) -> np.ndarray:

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
+from hinas.data.images.fetch import SOURCES, Source, fetch, main
+from hinas.data.images.images import NAMED_SETS
 from PIL import Image
 
 from hinas import fetch as fetch_module
-from hinas.data import NAMED_SETS
 from hinas.errors import ConfigError, DataError
-from hinas.fetch import SOURCES, Source, fetch, main
 
 PREFIX = "BSR/BSDS500/data/images/"
 SUFFIX = {"zip": ".zip", "tar": ".tar.gz"}

@@ -11,11 +11,11 @@ import torch
 from conftest import small_space
 from torch import nn
 
-from hinas.cells import ReferenceCell
-from hinas.fused import FusedCell
-from hinas.ops import act_conv_bn, register_op, unregister_op
-from hinas.space import preset
-from hinas.supernet import Supernet
+from hinas.nas.cells import ReferenceCell
+from hinas.nas.ops import act_conv_bn, register_op, unregister_op
+from hinas.nas.space import preset
+from hinas.nas.supercell import FusedCell
+from hinas.nas.supernet import Supernet
 
 SAME, FLOOR = 1e-9, 1e-14
 """float64 agreement: relative to each tensor's largest entry (measured worst: 8e-12, paper-denoise gradients),

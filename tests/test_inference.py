@@ -6,19 +6,20 @@ import shutil
 import pytest
 import skimage.data
 import torch
+from conftest import uniform_genotype
+from hinas.data.images.degrade import seeded_noisy, sr_pair
 from torch import nn
 
-from conftest import uniform_genotype
-from hinas.baselines import DnCNN
-from hinas.complexity import count_flops, count_params
-from hinas.degrade import seeded_noisy, sr_pair
 from hinas.errors import ConfigError
-from hinas.fold import FusedConv, compose_pointwise, compose_separable, conv_affine, fold_sequential, pointwise
-from hinas.genotype import Genotype
-from hinas.inference import FastCell, FastNetwork, InferenceModel
-from hinas.network import Cell, Network
-from hinas.ops import HINAS_OPS, register_op, unregister_op
-from hinas.space import SearchSpace, preset
+from hinas.infer.backends import InferenceModel
+from hinas.infer.fast import FastCell, FastNetwork
+from hinas.infer.kernels import FusedConv, compose_pointwise, compose_separable, conv_affine, fold_sequential, pointwise
+from hinas.nas.baselines import DnCNN
+from hinas.nas.complexity import count_flops, count_params
+from hinas.nas.genotype import Genotype
+from hinas.nas.network import Cell, Network
+from hinas.nas.ops import HINAS_OPS, register_op, unregister_op
+from hinas.nas.space import SearchSpace, preset
 
 TOLERANCE = 1e-4
 EDGE_OPS = [op for op in HINAS_OPS if op != "zero"]  # a genotype never holds zero; FastCell is checked with it below

@@ -7,9 +7,10 @@ import pytest
 import skimage.data
 import skimage.metrics
 import torch
+from hinas.data.images.degrade import quantize
 
 from hinas.errors import ConfigError
-from hinas.metrics import Convention, convention_for, measure, psnr, quantize, rgb_to_y, ssim
+from hinas.eval.metrics import Convention, convention_for, measure, psnr, rgb_to_y, ssim
 
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from conftest import uniform_genotype
 from torch import nn
 
-from conftest import uniform_genotype
-from hinas.complexity import count_flops, count_params
-from hinas.network import Network
-from hinas.space import SearchSpace, preset
+from hinas.nas.complexity import count_flops, count_params
+from hinas.nas.network import Network
+from hinas.nas.space import SearchSpace, preset
 
 DENOISE = preset("paper-denoise")
 SR = preset("paper-sr")
@@ -57,7 +57,7 @@ def test_output_shapes_odd_sizes_included(space, size):
 
 def test_denoising_is_residual_and_sr_adds_to_bicubic():
     """With the head zeroed, the net returns its input (denoise) or the MATLAB-bicubic upscale (SR)."""
-    from hinas.resize import imresize
+    from hinas.nas.resize import imresize
 
     for space, x in [(DENOISE, torch.rand(1, 1, 16, 16)), (SR, torch.rand(1, 3, 8, 8))]:
         net = Network(uniform_genotype(space, "conv_3x3", (0,) * space.layers)).eval()

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import torch
 
-from hinas.genotype import Genotype
-from hinas.network import Network
+from hinas.nas.genotype import Genotype
+from hinas.nas.network import Network
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

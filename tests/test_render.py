@@ -1,12 +1,12 @@
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from conftest import uniform_genotype
+
 from hinas.errors import RenderError
-from hinas.genotype import Genotype
-from hinas.render import draw_genotype
-from hinas.space import preset
+from hinas.nas.genotype import Genotype
+from hinas.nas.space import preset
+from hinas.viz.render import draw_genotype
 
 
 def three_layer_genotype() -> Genotype:

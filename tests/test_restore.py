@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from hinas.data.images.degrade import seeded_noisy
+from hinas.data.images.images import load_image
 from PIL import Image
 
 from hinas.cli import main
-from hinas.data import load_image
-from hinas.degrade import seeded_noisy
-from hinas.evaluate import restore
-from hinas.genotype import Genotype
-from hinas.network import load_model
-from hinas.settings import SearchConfig, resolve
+from hinas.engine.settings import SearchConfig, resolve
+from hinas.eval.scoring import restore
+from hinas.nas.genotype import Genotype
+from hinas.nas.network import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

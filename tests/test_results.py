@@ -5,14 +5,14 @@ import time
 
 import pytest
 
-from hinas import results
-from hinas.baselines import DnCNN
-from hinas.evaluate import evaluate_run
-from hinas.genotype import Genotype, legal_paths, random_genotype
-from hinas.network import load_model
-from hinas.settings import EvalConfig, TrainConfig, resolve
-from hinas.space import PRESETS
-from hinas.train import retrain
+from hinas.engine.settings import EvalConfig, TrainConfig, resolve
+from hinas.jobs.evaluate import evaluate_run
+from hinas.jobs.retrain import retrain
+from hinas.nas.baselines import DnCNN
+from hinas.nas.genotype import Genotype, legal_paths, random_genotype
+from hinas.nas.network import load_model
+from hinas.nas.space import PRESETS
+from hinas.studies import results
 
 
 @pytest.mark.parametrize("name", ["paper-denoise", "paper-sr"])

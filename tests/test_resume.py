@@ -17,21 +17,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import hinas.checkpoint
-import hinas.search
-import hinas.train
 from conftest import small_space, uniform_genotype
-from hinas.checkpoint import read_checkpoint
+
+import hinas.engine.checkpoint
+import hinas.jobs.retrain
+import hinas.jobs.search
 from hinas.cli import main
+from hinas.engine.checkpoint import read_checkpoint
+from hinas.engine.guard import checked_step
+from hinas.engine.losses import search_lr
+from hinas.engine.rundir import CHECKPOINT
+from hinas.engine.settings import SearchConfig, TrainConfig, resolve
 from hinas.errors import CollapseError, GenotypeError, Interrupted, NonFiniteError
-from hinas.genotype import Genotype, derive
-from hinas.guard import checked_step
-from hinas.losses import search_lr
-from hinas.runtime import CHECKPOINT
-from hinas.search import search
-from hinas.settings import SearchConfig, TrainConfig, resolve
-from hinas.train import retrain
+from hinas.jobs.retrain import retrain
+from hinas.jobs.search import search
+from hinas.nas.genotype import Genotype, derive
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
@@ -43,7 +43,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 SIGNAL_IN_WRITE = """
 import os, signal, sys
-import hinas.runtime as runtime
+import hinas.engine.rundir as runtime
 from hinas.cli import main
 
 sig, nth = getattr(signal, sys.argv[1]), int(sys.argv[2])
@@ -175,7 +175,7 @@ def interrupted(tmp_path, monkeypatch):
     """A smoke search stopped by SIGTERM at epoch 1 step 1 (in this process)."""
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        interrupt_at_step(patch, hinas.search, 1)
+        interrupt_at_step(patch, hinas.jobs.search, 1)
         with pytest.raises(Interrupted, match="stopped by SIGTERM at epoch 1 step 1"):
             search(resolve(SearchConfig, "smoke"), run, progress=False)
     return run
@@ -185,7 +185,7 @@ def test_an_fp16_search_resumes_with_its_grad_scaler(tmp_path, monkeypatch):
     cfg = resolve(SearchConfig, "smoke", overrides=["amp=fp16", "device=cpu"])
     search(cfg, tmp_path / "reference", progress=False)
     with monkeypatch.context() as patch:
-        interrupt_at_step(patch, hinas.search, 3)  # epoch 2, after its first arch step
+        interrupt_at_step(patch, hinas.jobs.search, 3)  # epoch 2, after its first arch step
         with pytest.raises(Interrupted):
             search(cfg, tmp_path / "run", progress=False)
     assert read_checkpoint(tmp_path / "run" / CHECKPOINT, "search")["scaler"]["scale"] == 65536.0
@@ -200,8 +200,8 @@ def test_resume_refuses_other_settings_or_code_unless_forced(interrupted, capsys
     err = capsys.readouterr().err
     assert "other settings or code; differing keys (run -> now):\n  config.epochs: 2 -> 3\n" in err and "--force" in err
 
-    real = hinas.checkpoint.code_version()
-    monkeypatch.setattr(hinas.checkpoint, "code_version", lambda: {**real, "source": "0123456789abcdef"})
+    real = hinas.engine.checkpoint.code_version()
+    monkeypatch.setattr(hinas.engine.checkpoint, "code_version", lambda: {**real, "source": "0123456789abcdef"})
     assert main(["search", "--resume", run, "--quiet"]) == 2
     assert f"code.source: {real['source']!r} -> '0123456789abcdef'" in capsys.readouterr().err
     assert progress_of(interrupted)["step"] == 1  # refused before anything changed
@@ -282,7 +282,7 @@ def events(run: Path) -> list[dict]:
 
 
 def test_search_rolls_back_a_nan_loss_with_smaller_learning_rates(tmp_path, monkeypatch):
-    fault_at_call(monkeypatch, hinas.search, 4, "loss")  # epoch 2, step 0: the weight step after the first arch step
+    fault_at_call(monkeypatch, hinas.jobs.search, 4, "loss")  # epoch 2, step 0: the weight step after the first arch step
     cfg = resolve(SearchConfig, "smoke")
     result = search(cfg, tmp_path / "s", progress=False)
     log = events(tmp_path / "s")
@@ -297,7 +297,7 @@ def test_search_rolls_back_a_nan_loss_with_smaller_learning_rates(tmp_path, monk
 
 
 def test_search_stops_on_a_nan_gradient_when_asked_and_writes_no_genotype_from_it(tmp_path, monkeypatch, capsys):
-    fault_at_call(monkeypatch, hinas.search, 3, "gradient")  # epoch 2's first arch step
+    fault_at_call(monkeypatch, hinas.jobs.search, 3, "gradient")  # epoch 2's first arch step
     run = tmp_path / "s"
     assert main(["search", "--preset", "smoke", "--set", "on_nonfinite=stop", "--out", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -312,10 +312,10 @@ def test_search_stops_on_a_nan_gradient_when_asked_and_writes_no_genotype_from_i
 
 def test_retrain_rolls_back_and_stops_after_max_rollbacks(tmp_path, monkeypatch):
     path = uniform_genotype(resolve(SearchConfig, "smoke").space, "conv_3x3", (0, 1)).save(tmp_path / "genotype.json")
-    fault_at_call(monkeypatch, hinas.train, 2, "loss")
+    fault_at_call(monkeypatch, hinas.jobs.retrain, 2, "loss")
     metrics = retrain(resolve(TrainConfig, "smoke", overrides=[f"genotype={path}"]), tmp_path / "r", progress=False)
     assert metrics["rollbacks"] == 1
-    fault_at_call(monkeypatch, hinas.train, 2, "loss")
+    fault_at_call(monkeypatch, hinas.jobs.retrain, 2, "loss")
     with pytest.raises(NonFiniteError, match=r"stopped \(0 rollbacks already \(max_rollbacks\)\)"):
         retrain(resolve(TrainConfig, "smoke", overrides=[f"genotype={path}", "max_rollbacks=0"]), tmp_path / "r0", progress=False)
 

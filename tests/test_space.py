@@ -1,8 +1,8 @@
 import pytest
 
 from hinas.errors import ConfigError
-from hinas.ops import HINAS_OPS
-from hinas.space import PRESETS, SearchSpace, preset
+from hinas.nas.ops import HINAS_OPS
+from hinas.nas.space import PRESETS, SearchSpace, preset
 
 
 def test_paper_presets_match_the_authors_search_configs():

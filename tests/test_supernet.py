@@ -3,11 +3,11 @@ import torch
 from conftest import small_space
 from torch import nn
 
-from hinas.fused import FusedCell
-from hinas.genotype import Genotype, derive_cell
-from hinas.network import Cell
-from hinas.space import SearchSpace, preset
-from hinas.supernet import ReferenceCell, SearchCell, Supernet
+from hinas.nas.genotype import Genotype, derive_cell
+from hinas.nas.network import Cell
+from hinas.nas.space import SearchSpace, preset
+from hinas.nas.supercell import FusedCell
+from hinas.nas.supernet import ReferenceCell, SearchCell, Supernet
 
 
 def test_architecture_and_weights_are_separate_parameter_groups():
@@ -122,8 +122,8 @@ def test_paper_supernet_builds_and_derives_a_valid_genotype():
 
 
 def test_a_user_registered_operation_can_be_searched_and_derived():
-    from hinas.network import Network
-    from hinas.ops import act_conv_bn, register_op, unregister_op
+    from hinas.nas.network import Network
+    from hinas.nas.ops import act_conv_bn, register_op, unregister_op
 
     register_op("conv_1x1", lambda c, affine: act_conv_bn(c, c, 1, affine=affine))
     try:

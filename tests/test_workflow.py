@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from hinas.cli import main
-from hinas.genotype import Genotype
-from hinas.network import Network, load_model
-from hinas.settings import SearchConfig, TrainConfig, resolve
+from hinas.engine.settings import SearchConfig, TrainConfig, resolve
+from hinas.nas.genotype import Genotype
+from hinas.nas.network import Network, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -120,7 +120,7 @@ def test_show_prints_and_draws(runs, capsys):
 
 def test_cpu_search_is_repeatable_bit_for_bit(tmp_path):
     cfg = resolve(SearchConfig, "smoke", overrides=["epochs=2", "arch_start=1"])
-    from hinas.search import search
+    from hinas.jobs.search import search
 
     a = search(cfg, tmp_path / "a", progress=False)
     b = search(cfg, tmp_path / "b", progress=False)
@@ -142,7 +142,7 @@ def test_demo_main_job_prints_where_its_results_are(tmp_path, capsys):
 def test_tensorboard_receives_the_logged_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from hinas.search import search
+    from hinas.jobs.search import search
 
     search(resolve(SearchConfig, "smoke", overrides=["tensorboard=true", "epochs=2"]), tmp_path / "s", progress=False)
     events = EventAccumulator(str(tmp_path / "s" / "tensorboard"))

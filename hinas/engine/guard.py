@@ -1,0 +1,37 @@
+"""Numerical faults: a step whose loss or gradient is NaN or infinite never reaches the parameters."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from hinas.errors import NonFiniteError
+
+
+def checked_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 params: Sequence[torch.nn.Parameter], what: str, clip: float = 0.0,
+                 sync: Callable[[Sequence[torch.nn.Parameter]], None] | None = None) -> float:
+    """Backward, ``sync`` of the gradients (their average over data-parallel ranks), optional gradient clipping to
+    norm ``clip``, then the optimiser step; returns the loss.
+
+    Raises :class:`NonFiniteError` before the step when the loss or the gradient norm is non-finite, so
+    parameters and optimiser state stay as they were. The norm is taken after ``sync``, so a fault on any rank
+    stops every rank at the same step. Under fp16 autocast the scaler owns gradient overflow (it skips the step
+    and lowers its scale), so there only a non-finite loss is a fault. The loss and the norm come back in one
+    device sync.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if sync is not None:
+        sync(params)
+    scaler.unscale_(optimizer)
+    # max_norm=inf measures without clipping (grads are multiplied by exactly 1)
+    norm = torch.nn.utils.clip_grad_norm_(params, clip or math.inf)
+    value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
+    if not math.isfinite(value) or (not math.isfinite(norm_value) and not scaler.is_enabled()):
+        raise NonFiniteError(f"non-finite {what}: loss {value}, gradient norm {norm_value}")
+    scaler.step(optimizer)
+    scaler.update()
+    return value

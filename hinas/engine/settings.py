@@ -1,0 +1,299 @@
+"""Run settings for search, retraining and evaluation: the single place where every default lives.
+
+The CLI (``--preset``, ``--config``, ``--set key=value``), the notebooks'
+parameters and ``params.yaml`` all resolve through :func:`resolve`, so the
+paper's protocol is written down once, here, in the ``paper-*`` presets.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from hinas import config
+from hinas.errors import ConfigError
+from hinas.nas.space import PRESETS as SPACE_PRESETS
+from hinas.nas.space import SR_SCALES, SearchSpace
+
+Device = str
+"""``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+Amp = Literal["auto", "off", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The settings every training run shares (search and retraining): data, schedule basics, precision, faults."""
+
+    data: str = "embedded-train"
+    """``embedded-train`` (scikit-image photos, ``embedded-val`` left out), a named set (e.g. ``BSD500-trainval``) or a folder."""
+    data_root: str = ""
+    """Where named sets live; empty means the ``HINAS_DATA_ROOT`` environment variable."""
+    val_crop: int = 0
+    """Validate on a centre crop of this side (0: whole images)."""
+    patch: int = 64
+    """Training patch side; for SR the low-resolution side."""
+    lr_power: float = 0.9
+    momentum: float = 0.9
+    pixel_loss: Literal["mse", "l1"] = "mse"
+    seed: int = 0
+    device: Device = "auto"
+    amp: Amp = "auto"
+    workers: int = 0
+    tensorboard: bool = False
+    """Also write the logged scalars for TensorBoard (needs the tensorboard package)."""
+    checkpoint_every: int = 0
+    """Also checkpoint every this many steps (0: only at epoch ends when searching, at validations when retraining).
+    SIGINT and SIGTERM checkpoint before stopping; ``--resume RUN_DIR`` continues bit for bit on the CPU."""
+    on_nonfinite: Literal["rollback", "stop"] = "rollback"
+    """A NaN or infinite loss or gradient is never applied; then ``rollback`` returns to the last checkpoint with
+    every learning rate times ``rollback_lr_factor``, or ``stop`` ends the run with a report."""
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
+    """A fault after this many rollbacks stops the run."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "patch")
+        _non_negative(self, "val_crop", "workers", "checkpoint_every", "max_rollbacks")
+        _fraction(self, "rollback_lr_factor")
+
+
+@dataclass(frozen=True)
+class SearchConfig(RunConfig):
+    space: SearchSpace = field(default_factory=SearchSpace)
+    val_images: int = 6
+    """Images held out for validation; the rest split evenly into the weight and the architecture halves."""
+    patches_per_image: int = 1
+    batch: int = 6
+    sigmas: tuple[float, ...] = (30.0, 50.0, 70.0)
+    """Denoising: noise levels (0-255 scale), one drawn per training patch."""
+    val_sigma: float = 50.0
+    epochs: int = 100
+    arch_start: int = 21
+    """First (1-based) epoch in which alphas and betas are updated; earlier epochs train weights only."""
+    select_from: int = 61
+    """First epoch whose validation score may select the genotype (early stopping against collapse)."""
+    lr: float = 0.025
+    lr_min: float = 1e-3
+    lr_cycle: int = 10
+    weight_decay: float = 3e-4
+    arch_lr: float = 1e-3
+    arch_weight_decay: float = 1e-3
+    ssim_weight: float = 0.5
+    loss_scale: float = 0.5
+    supernet: Literal["fused", "reference"] = "fused"
+    """Supernet cell implementation: ``fused`` (fast, lean) or ``reference`` (plain, for checking); same mathematics."""
+    checkpoint_cells: bool = False
+    """Recompute each supernet cell in the backward pass instead of keeping its activations: less memory, more time."""
+    collapse_skip_limit: int = 0
+    """Stop the search once an epoch's genotype (from ``arch_start`` on) has this many skip (identity) ops,
+    and select among the earlier epochs: DARTS-style collapse. 0: never stop."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self, "val_images", "patches_per_image", "batch", "epochs", "arch_start", "select_from", "lr_cycle")
+        _non_negative(self, "lr", "lr_min", "arch_lr", "weight_decay", "arch_weight_decay", "val_sigma", "collapse_skip_limit")
+        if any(s < 0 for s in self.sigmas) or not self.sigmas:
+            raise ConfigError(f"search.sigmas: noise levels must be non-negative and at least one, got {list(self.sigmas)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    model: Literal["hinas", "dncnn"] = "hinas"
+    """``hinas``: the network derived from ``genotype``; ``dncnn``: the DnCNN-17 baseline (gray, 64 channels; ``genotype``
+    and ``filters`` unused), trained by the same loop so that it gets the same budget."""
+    genotype: str = ""
+    """A genotype.json, or a search run directory holding one."""
+    filters: int = 20
+    scale: int = 0
+    """SR scale of the retrained net; 0 keeps the genotype's."""
+    sigma: float = 50.0
+    """Denoising: the one noise level this net is trained for."""
+    val_data: str = ""
+    """Validation images; empty holds out ``val_images`` of ``data``."""
+    val_images: int = 2
+    batch: int = 24
+    rescale: tuple[float, ...] = (0.8, 1.2)
+    """Random rescale range for denoising patches; empty turns it off."""
+    iterations: int = 600_000
+    val_every: int = 1000
+    lr: float = 0.05
+    weight_decay: float = 4e-5
+    grad_clip: float = 5.0
+    ssim_weight: float = 0.6
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self, "filters", "batch", "iterations", "val_every", "val_images")
+        _non_negative(self, "sigma", "lr", "weight_decay", "grad_clip", "scale")
+        if self.scale not in (0, *SR_SCALES):
+            raise ConfigError(f"train.scale: {self.scale} is not valid; 0 keeps the genotype's, or choose one of {SR_SCALES}")
+        if self.rescale and (len(self.rescale) != 2 or not 0 < self.rescale[0] <= self.rescale[1]):
+            raise ConfigError(f"train.rescale: expected [low, high] with 0 < low <= high, or [], got {list(self.rescale)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = "noisy"
+    """A retrain run directory or checkpoint, or a baseline: ``noisy`` (denoising) or ``bicubic`` (SR)."""
+    task: Literal["denoise", "sr", ""] = ""
+    """Needed only for baselines; a trained model knows its task."""
+    sets: tuple[str, ...] = ("embedded-val",)
+    """Named sets (``Set12``, ``BSD68``, ``Set5`` ...), ``embedded-val``, or folders."""
+    data_root: str = ""
+    sigmas: tuple[float, ...] = (25.0,)
+    scales: tuple[int, ...] = (2, 3, 4)
+    save_images: bool = False
+    tile: int = 0
+    """Restore in tiles of this side (0: whole image at once) to bound memory."""
+    tile_overlap: int = 16
+    device: Device = "auto"
+    backend: Literal["torch", "compile", "onnxruntime", "training"] = "torch"
+    """How a trained network runs: its inference form (``hinas.inference``) in eager PyTorch, through
+    ``torch.compile`` or ONNX Runtime, or ``training``, the network as trained (eval mode)."""
+
+    def __post_init__(self) -> None:
+        _non_negative(self, "tile", "tile_overlap")
+        if not self.sets:
+            raise ConfigError("eval.sets: name at least one test set or folder")
+        if any(s < 0 for s in self.sigmas):
+            raise ConfigError(f"eval.sigmas: noise levels must not be negative, got {list(self.sigmas)}")
+        if any(s not in SR_SCALES for s in self.scales):
+            raise ConfigError(f"eval.scales: {list(self.scales)} is not valid; choose from {SR_SCALES}")
+        if self.tile and self.tile_overlap >= self.tile:
+            raise ConfigError(f"eval.tile_overlap: {self.tile_overlap} must be smaller than tile ({self.tile})")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) < 1:
+            raise ConfigError(f"{_section(obj)}.{n}: must be at least 1, got {getattr(obj, n)}")
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) < 0:
+            raise ConfigError(f"{_section(obj)}.{n}: must not be negative, got {getattr(obj, n)}")
+
+
+def _fraction(obj: Any, *names: str) -> None:
+    for n in names:
+        if not 0 < getattr(obj, n) < 1:
+            raise ConfigError(f"{_section(obj)}.{n}: must lie strictly between 0 and 1, got {getattr(obj, n)}")
+
+
+def _section(obj: Any) -> str:
+    return SECTIONS[type(obj)]
+
+
+# --- presets: overrides on top of the dataclass defaults ---------------------------------------------
+
+_SMOKE_SPACE = {"layers": 2, "nodes": 2, "filters": 2}
+
+SEARCH_PRESETS: dict[str, dict[str, Any]] = {
+    # The authors' released search configs: BSDS500 train+val (300 images) gray, 147/147/6 split ...
+    "paper-denoise": {"space": SPACE_PRESETS["paper-denoise"].to_dict(), "data": "BSD500-trainval"},
+    # ... and DIV2K train x4, 380/380/40.
+    "paper-sr": {
+        "space": SPACE_PRESETS["paper-sr"].to_dict(), "data": "DIV2K-train", "val_images": 40, "batch": 24,
+        "pixel_loss": "l1", "ssim_weight": 0.6,
+    },
+    # Seconds: exercises every code path (warm-up, arch steps, selection) for tests.
+    "smoke": {
+        "space": {**SPACE_PRESETS["paper-denoise"].to_dict(), **_SMOKE_SPACE}, "val_images": 2, "patch": 16,
+        "batch": 2, "epochs": 2, "arch_start": 2, "select_from": 1, "val_crop": 32,
+    },
+    # About five minutes on 2 CPU cores on the embedded photos: a narrow copy of the paper's space.
+    "cpu-demo": {
+        "space": {**SPACE_PRESETS["paper-denoise"].to_dict(), "nodes": 3, "filters": 6}, "val_images": 2, "patch": 32,
+        "patches_per_image": 12, "batch": 8, "epochs": 30, "arch_start": 11, "select_from": 16, "val_crop": 96,
+        "lr_cycle": 5,
+    },
+}
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "paper-denoise": {"filters": 20, "data": "BSD500-trainval", "val_data": "BSD500-test", "iterations": 600_000, "batch": 24},
+    "paper-sr": {"filters": 16, "data": "DIV2K-train", "val_data": "DIV2K-valid", "batch": 16, "rescale": [],
+                 "pixel_loss": "l1", "ssim_weight": 0.6},
+    "smoke": {"filters": 4, "val_images": 2, "patch": 16, "batch": 2, "iterations": 4, "val_every": 2, "val_crop": 32},
+    "cpu-demo": {"filters": 8, "val_images": 2, "patch": 40, "batch": 8, "iterations": 600, "val_every": 100,
+                 "val_crop": 128, "sigma": 25.0, "lr": 0.02},
+}
+
+EVAL_PRESETS: dict[str, dict[str, Any]] = {
+    "denoise-gray": {"sets": ["Set12", "BSD68"], "sigmas": [30, 50, 70]},
+    "denoise-color": {"sets": ["CBSD68", "Kodak24", "McMaster"], "sigmas": [30, 50, 70]},
+    "sr": {"sets": ["Set5", "Set14", "B100", "Urban100", "Manga109"], "scales": [2, 3, 4]},
+    "smoke": {"sets": ["embedded-val"], "sigmas": [25]},
+}
+
+SECTIONS = {SearchConfig: "search", TrainConfig: "train", EvalConfig: "eval", RunConfig: "run"}
+PRESETS = {SearchConfig: SEARCH_PRESETS, TrainConfig: TRAIN_PRESETS, EvalConfig: EVAL_PRESETS}
+
+C = TypeVar("C", SearchConfig, TrainConfig, EvalConfig)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (['a', 'b'], value); the value is read as YAML, so ``8``, ``[30, 50]``, ``true`` work."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def load_section(file: str | Path) -> dict[str, Any]:
+    """Settings from ``FILE`` or ``FILE:SECTION`` (a top-level key, as in ``params.yaml:search_denoise``)."""
+    path, sep, section = str(file).rpartition(":") if ":" in str(file) else (str(file), "", "")
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err})") from None
+    if sep:
+        if not isinstance(loaded, dict) or not isinstance(loaded.get(section), dict):
+            sections = ", ".join(k for k, v in loaded.items() if isinstance(v, dict)) if isinstance(loaded, dict) else ""
+            raise ConfigError(f"{path}: no section {section!r}; sections: {sections or 'none'}")
+        loaded = loaded[section]
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{file}: expected a mapping of settings")
+    return dict(loaded)
+
+
+def resolve(cls: type[C], preset: str | None = None, file: str | Path | None = None, overrides: list[str] = ()) -> C:
+    """Defaults <- preset <- YAML file <- ``key=value`` overrides, validated as a whole before any work starts.
+
+    ``file`` may name a section (``params.yaml:search_denoise``) and may hold a
+    ``preset`` key, so DVC's ``params.yaml`` feeds the CLI without restating defaults.
+    """
+    loaded = load_section(file) if file else {}
+    preset = preset or loaded.pop("preset", None)
+    loaded.pop("preset", None)
+    data: dict[str, Any] = config.to_dict(cls())
+    if preset:
+        table = PRESETS[cls]
+        if preset not in table:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(table)}")
+        data = _merge(data, table[preset])
+    data = _merge(data, loaded)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for depth, k in enumerate(keys[:-1]):
+            if not isinstance(node.get(k), dict):
+                raise ConfigError(f"--set {item}: {'.'.join(keys[: depth + 1])!r} is not a section; sections: "
+                                  f"{', '.join(n for n, v in node.items() if isinstance(v, dict)) or 'none'}")
+            node = node[k]
+        node[keys[-1]] = value
+    return config.from_dict(cls, data, SECTIONS[cls])

@@ -1,0 +1,258 @@
+"""The HiNAS search: first-order alternating bi-level optimisation of weights and architecture.
+
+Each step after the warm-up does one Adam step on alphas and betas with a batch
+from the architecture split, then one SGD step on the weights with a batch from
+the weight split (the authors' order). After every epoch the genotype is
+derived and the supernet is validated; from ``select_from`` on, the genotype
+with the best score SSIM + PSNR/100 is kept, which stops collapse into
+parameter-free cells from winning late in the search. The loop's complete state
+is checkpointed (:mod:`hinas.checkpoint`), so an interrupted search resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hinas.data.images import PatchDataset, in_memory, load_images, split_images
+from hinas.engine import distributed
+from hinas.engine.checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state
+from hinas.engine.guard import checked_step
+from hinas.engine.losses import restoration_loss, search_lr
+from hinas.engine.rundir import CHECKPOINT, RunDir
+from hinas.engine.settings import SearchConfig
+from hinas.errors import CollapseError, ConfigError, NonFiniteError, RenderError
+from hinas.eval.metrics import convention_for
+from hinas.eval.scoring import check_measurable, score
+from hinas.files import write_json
+from hinas.hardware import autocast
+from hinas.nas.complexity import count_params
+from hinas.nas.genotype import Genotype
+from hinas.nas.space import SearchSpace
+from hinas.nas.supernet import Supernet
+from hinas.viz.plots import plot_alphas, plot_betas
+from hinas.viz.render import draw_genotype
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    best_epoch: int
+    history: list[dict[str, Any]]
+    run_dir: Path
+
+
+def collapse_indicators(model: Supernet, genotype: Genotype) -> dict[str, int]:
+    """Skip ops in the derived cells, and edges whose strongest op is 'zero' (what DARTS-style collapse looks like)."""
+    ops = model.space.ops
+    zero = ops.index("zero") if "zero" in ops else None
+    strongest = model.alpha_probs().argmax(-1)
+    return {
+        "skip_ops": genotype.op_counts().get("identity", 0),
+        "zero_edges": int((strongest == zero).sum()) if zero is not None else 0,
+    }
+
+
+def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs, ctx: distributed.Context) -> tuple[DataLoader, DataLoader, distributed.RankBatches]:
+    """The weight and arch loaders (this rank's share of each batch), sharing one sampler so both resume at the same index."""
+    space = cfg.space
+    length = max(len(weight_imgs), len(arch_imgs)) * cfg.patches_per_image
+    if length < cfg.batch:
+        raise ConfigError(
+            f"search.batch: {cfg.batch} is larger than the {length} patches an epoch draws from each split "
+            f"({len(weight_imgs)} weight / {len(arch_imgs)} arch images x patches_per_image {cfg.patches_per_image}); "
+            "lower batch or raise patches_per_image"
+        )
+    sampler = ctx.batches(length, cfg.batch)
+    loaders = []
+    for i, imgs in enumerate((weight_imgs, arch_imgs)):
+        ds = PatchDataset(imgs, cfg.patch, task=space.task, scale=space.scale, sigma=cfg.sigmas, length=length, seed=cfg.seed * 2 + i)
+        loaders.append(DataLoader(ds, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
+                                  generator=loader_generator(cfg.seed)))
+    return loaders[0], loaders[1], sampler
+
+
+@dataclass
+class SearchProgress(Progress):
+    epoch: int = 1
+    step: int = 0
+    """Steps of ``epoch`` already taken."""
+    w_losses: list[float] = field(default_factory=list)
+    a_losses: list[float] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    """``epoch``, ``score`` and ``genotype`` (as JSON data) of the best epoch so far."""
+    stopped: str = ""
+    """Why the search stopped before its last epoch (collapse), if it did."""
+
+    def position(self) -> str:
+        return f"epoch {self.epoch} step {self.step}"
+
+
+def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False, force: bool = False,
+           progress: bool = True) -> SearchResult:
+    """Run a search into run directory ``out``; returns the selected genotype (also in ``out/genotype.json``).
+
+    ``resume`` continues the interrupted run in ``out`` exactly where its checkpoint left it; settings or code
+    that differ from the run's are refused unless ``force``. Every input is checked before ``out`` is touched.
+    """
+    out = Path(out)
+    start = distributed.start_run(out, "search", cfg, overwrite=overwrite, resume=resume, force=force, progress=progress)
+    saved, ctx, progress, amp = start.saved, start.ctx, start.progress, start.amp
+    device = ctx.device
+    space = cfg.space
+    images = load_images(cfg.data, cfg.data_root or None, channels=space.in_channels)
+    weight_imgs, arch_imgs, val_imgs = split_images(images, cfg.val_images, cfg.seed)
+    weight_imgs, arch_imgs, val_imgs = in_memory(weight_imgs), in_memory(arch_imgs), in_memory(val_imgs, cfg.val_crop)
+    check_measurable(val_imgs, convention_for(space.task, space.scale))
+    w_loader, a_loader, sampler = _loaders(cfg, weight_imgs, arch_imgs, ctx)
+
+    model = ctx.replicate(Supernet(space, impl=cfg.supernet, checkpoint=cfg.checkpoint_cells).to(device))
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    weights, arch = model.weight_parameters(), model.arch_parameters()
+
+    optimizers = {"weights": w_opt, "arch": a_opt}
+    resumed = restore_state(SearchProgress, saved, model, optimizers, scaler, out / CHECKPOINT) if saved else None
+
+    run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite, resume=resumed is not None)
+    ckpt = Checkpointer(run, "search", cfg, model, optimizers, scaler)
+    steps = len(w_loader)
+    if resumed is not None:
+        state = resumed
+        ckpt.resumed(state, saved)
+    else:
+        run.log(event="start", device=str(device), amp=str(amp), images={"weights": len(weight_imgs), "arch": len(arch_imgs),
+                "val": len(val_imgs)}, steps_per_epoch=steps, params=count_params(model))
+        state = SearchProgress()
+        ckpt.save(state)  # the first rollback target and resume point
+
+    def loss_on(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True, memory_format=fmt)
+        y = y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            pred = model(x)
+        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, cfg.loss_scale, batch_mean=ctx.batch_mean)
+
+    def train_epoch(state: SearchProgress, stop: StopSignals) -> None:
+        """The remaining steps of ``state.epoch``; checkpoints on schedule, and on a signal before stopping."""
+        model.train()
+        for loader in (w_loader, a_loader):
+            loader.dataset.set_epoch(state.epoch)
+        sampler.start = state.step * cfg.batch
+        for (xw, yw), (xa, ya) in zip(w_loader, a_loader):
+            lr = search_lr(state.epoch - 1 + state.step / steps, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_cycle, cfg.lr_power)
+            for opt, base in ((w_opt, lr), (a_opt, cfg.arch_lr)):
+                for group in opt.param_groups:
+                    group["lr"] = base * state.lr_scale
+            if state.epoch >= cfg.arch_start:
+                state.a_losses.append(checked_step(loss_on(xa, ya), a_opt, scaler, arch, f"arch step at {state.position()}",
+                                                   sync=ctx.sync_grads))
+            state.w_losses.append(checked_step(loss_on(xw, yw), w_opt, scaler, weights, f"weight step at {state.position()}",
+                                               sync=ctx.sync_grads))
+            state.step += 1
+            bar.update()
+            bar.set_postfix(epoch=state.epoch, loss=f"{state.w_losses[-1]:.4f}", refresh=False)
+            if state.step < steps and (stop.received or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)):
+                ckpt.save(state)
+            if stop.received and state.step < steps:
+                raise ckpt.interrupted(state, stop.received)
+
+    def end_epoch(state: SearchProgress) -> None:
+        """Validate, derive, select; the collapse guard may end the search here."""
+        epoch = state.epoch
+        genotype = model.genotype(meta={"epoch": epoch})
+        val = ctx.evaluate(model, val_imgs, task=space.task, sigma=cfg.val_sigma, scale=space.scale if space.task == "sr" else None)
+        lr = search_lr(epoch - 1 + (steps - 1) / steps, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_cycle, cfg.lr_power) * state.lr_scale
+        w_losses, a_losses = ctx.average(state.w_losses), ctx.average(state.a_losses)
+        record = {
+            "epoch": epoch, "lr": lr, "weight_loss": sum(w_losses) / len(w_losses),
+            "arch_loss": sum(a_losses) / len(a_losses) if a_losses else None,
+            "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
+            "score": score(val["psnr"], val["ssim"]),
+            **collapse_indicators(model, genotype),
+            "path": list(genotype.path), "cells": genotype.to_dict()["cells"],
+            "alpha": model.alpha_probs().tolist(), "beta": model.beta_probs().tolist(),
+            "seconds": ckpt.seconds(),
+        }
+        state.history.append(record)
+        limit = cfg.collapse_skip_limit
+        if limit and epoch >= cfg.arch_start and record["skip_ops"] >= limit:
+            state.stopped = f"collapse: {record['skip_ops']} skip ops at epoch {epoch} (collapse_skip_limit {limit})"
+        elif epoch >= cfg.select_from and (state.best is None or record["score"] > state.best["score"]):
+            state.best = {"epoch": epoch, "score": record["score"], "genotype": genotype.to_dict()}
+            genotype.save(run / "genotype.json")
+        run.log(event="epoch", **{k: v for k, v in record.items() if k not in ("alpha", "beta")})
+        if state.stopped:
+            run.log(event="stopped", reason=state.stopped)
+        bar.set_postfix(epoch=epoch, loss=f"{record['weight_loss']:.4f}", val_psnr=f"{val['psnr']:.2f}")
+        state.epoch, state.step, state.w_losses, state.a_losses = epoch + 1, 0, [], []
+
+    bar = tqdm(total=cfg.epochs * steps, initial=(state.epoch - 1) * steps + state.step, desc="search", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with StopSignals() as stop:
+            while state.epoch <= cfg.epochs and not state.stopped:
+                try:
+                    train_epoch(state, stop)
+                except NonFiniteError as fault:
+                    state = ckpt.rollback(state, fault)
+                    continue
+                end_epoch(state)
+                ckpt.save(state)
+                if stop.received and state.epoch <= cfg.epochs and not state.stopped:
+                    raise ckpt.interrupted(state, stop.received)
+        chosen, best_epoch = _select(state, space)
+        chosen.save(run / "genotype.json")
+        write_json(run / "history.json", state.history)
+        _draw(run, chosen, model)
+        picked = state.history[best_epoch - 1]
+        ctx.check_replicas(run / "replicas.json", model, genotype=chosen.to_dict(), best_epoch=best_epoch)
+        metrics = {
+            "best_epoch": best_epoch, "val_psnr": picked["val_psnr"], "val_ssim": picked["val_ssim"], "score": picked["score"],
+            "skip_ops": picked["skip_ops"], "epochs": cfg.epochs, "epochs_run": len(state.history),
+            "stopped_early": state.stopped or None, "rollbacks": state.rollbacks, "steps": len(state.history) * steps,
+            "seconds": ckpt.seconds(), "device": str(device), "supernet_params": count_params(model), "genotype": chosen.to_dict(),
+            "convention": dataclasses.asdict(convention_for(space.task, space.scale)),
+        }
+        write_json(run / "metrics.json", metrics)
+        run.log(event="end", best_epoch=best_epoch, seconds=metrics["seconds"])
+    finally:
+        bar.close()
+        run.close()
+    return SearchResult(chosen, best_epoch, state.history, run.path)
+
+
+def _select(state: SearchProgress, space: SearchSpace) -> tuple[Genotype, int]:
+    """The best epoch from ``select_from`` on; without one, the last epoch that did not collapse."""
+    if state.best is not None:
+        return Genotype.from_dict(state.best["genotype"]), state.best["epoch"]
+    kept = state.history[:-1] if state.stopped else state.history
+    if not kept:
+        raise CollapseError(f"{state.stopped}, before any genotype could be kept; lower arch_lr, start the "
+                            "architecture updates later (arch_start) or raise collapse_skip_limit")
+    last = kept[-1]
+    cells = [[[(e["op"], e["input"]) for e in node] for node in cell] for cell in last["cells"]]
+    return Genotype(space, tuple(last["path"]), cells, {"epoch": last["epoch"]}), last["epoch"]
+
+
+def _draw(run: RunDir, genotype: Genotype, model: Supernet) -> None:
+    """Drawings are a convenience: a missing Graphviz is logged, never fatal to a finished search."""
+    import matplotlib.pyplot as plt
+
+    try:
+        draw_genotype(genotype, run / "genotype")
+    except RenderError as err:
+        run.log(event="warning", message=str(err))
+    for name, fig in (("alphas.png", plot_alphas(model.space, model.alpha_probs())),
+                      ("betas.png", plot_betas(model.space, model.beta_probs(), genotype.path))):
+        fig.savefig(run / name, dpi=110, bbox_inches="tight")
+        plt.close(fig)

@@ -1,0 +1,497 @@
+"""The results experiments: which runs make up the report, running the missing ones, and collecting them into tables.
+
+The grid is data (:func:`grid`): one search per HiNAS variant (three seeds for
+the paper's ``lwas`` sharing), each genotype retrained at every noise level
+with the same budget as three random architectures from the same space and a
+DnCNN-17 trained by the same loop; for SR one search per scale against random
+architectures and bicubic. A profile sizes it: ``smoke`` (seconds, for CI) or
+``cpu`` (about an hour on two shared CPU cores). :func:`run_grid` runs what is
+missing (a finished run directory is skipped, an interrupted one resumed), and
+:func:`collect` reads the run directories back into plain rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from hinas.engine.settings import EvalConfig, SearchConfig, TrainConfig, resolve
+from hinas.files import write_json
+from hinas.nas.complexity import count_flops, count_params
+from hinas.nas.genotype import Genotype, compare, random_genotype
+from hinas.studies.aggregate import spread
+
+VARIANTS = ("lwas", "tied", "independent")
+"""Cell sharing of a HiNAS search: per layer (the paper), one cell for the whole net, one per (layer, width)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How large the experiments are; every model of a task gets the same retraining budget."""
+
+    search_preset: str
+    train_preset: str
+    denoise_search_data: str
+    denoise_data: str
+    sr_data: str
+    denoise_sets: tuple[str, ...]
+    sr_sets: tuple[str, ...]
+    order: tuple[tuple[str, int], ...] = (("denoise", 25), ("denoise", 50), ("sr", 2), ("sr", 4))
+    """(task, noise level or scale) blocks in the order they run, so that a deadline cuts the last ones."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    randoms: int = 3
+    sr_patch: int = 64
+    """High-resolution side of SR training patches (the low-resolution side is this over the scale)."""
+    search: tuple[str, ...] = ()
+    """Overrides of every search (on top of ``search_preset``)."""
+    search_sr: tuple[str, ...] = ()
+    """Further overrides of the SR searches."""
+    train: tuple[str, ...] = ()
+    train_sr: tuple[str, ...] = ()
+    latency_size: int = 512
+    """Side of the (output) image at which FLOPs and latency are measured."""
+    latency_repeats: int = 3
+    hardware: str = "2 shared CPU cores (no GPU), one thread per process"
+
+    @property
+    def sigmas(self) -> tuple[int, ...]:
+        """Noise levels of the report; the denoising searches train on all of them at once."""
+        return tuple(sorted(level for task, level in self.order if task == "denoise"))
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        search_preset="smoke", train_preset="smoke", denoise_search_data="embedded-train", denoise_data="embedded-train",
+        sr_data="embedded-train", denoise_sets=("embedded-val",), sr_sets=("embedded-val",), order=(("denoise", 25), ("sr", 2)),
+        seeds=(0, 1), randoms=2, sr_patch=32, search_sr=("space.in_channels=3", "val_crop=48"),
+        train_sr=("val_crop=48", "pixel_loss=l1"), latency_size=64, latency_repeats=1,
+    ),
+    "cpu": Profile(
+        search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
+        sr_data="T91", denoise_sets=("Set12", "BSD68"), sr_sets=("Set5", "Set14", "B100"),
+        order=(("sr", 4), ("denoise", 25), ("sr", 2), ("denoise", 50)),
+        search=("patches_per_image=1", "epochs=5", "arch_start=2", "select_from=3", "lr_cycle=5"),
+        search_sr=("space.in_channels=3", "space.layers=2", "pixel_loss=l1", "ssim_weight=0.6", "val_crop=0"),
+        train=("iterations=200", "val_every=100"), train_sr=("pixel_loss=l1", "rescale=[]"),
+    ),
+}
+"""``smoke`` builds in a few minutes for CI; ``cpu`` is what RESULTS.md reports."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of the grid: ``kind`` is search, genotype (a random draw), retrain or evaluate; ``out`` its directory."""
+
+    kind: str
+    out: str
+    cfg: Any = None
+    needs: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def _level(task: str, level: int) -> str:
+    return f"sigma{level}" if task == "denoise" else f"x{level}"
+
+
+def grid(profile: Profile, data_root: str = "") -> list[Job]:
+    """Every run of the report in the order it is run (``profile.order``); directories are relative to the runs folder."""
+    p = profile
+    root = [f"data_root={data_root}"] if data_root else []
+    jobs: list[Job] = []
+    for task, level in p.order:
+        if task == "denoise" and not any(j.kind == "search" and j.out.startswith("search/denoise") for j in jobs):
+            jobs += _denoise_searches(p, root)
+        if task == "sr":
+            jobs += _sr_search(p, root, level)
+        for name, info, genotype, dep in _models(p, task, level):
+            setting = [f"sigma={level}"] if task == "denoise" else [f"patch={p.sr_patch // level}"]
+            data = p.denoise_data if task == "denoise" else p.sr_data
+            extra = p.train if task == "denoise" else (*p.train, *p.train_sr)
+            train_out = f"retrain/{task}-{_level(task, level)}/{name}"
+            cfg = resolve(TrainConfig, p.train_preset, overrides=[*root, f"data={data}", *genotype, *setting, *extra])
+            info = {**info, "task": task, "level": level, "model": name}
+            jobs.append(Job("retrain", train_out, cfg, (dep,) if dep else (), info))
+            sets = p.denoise_sets if task == "denoise" else p.sr_sets
+            eval_cfg = resolve(EvalConfig, overrides=[*root, f"model={train_out}", f"sets={list(sets)}", f"sigmas=[{level}]"])
+            jobs.append(Job("evaluate", f"evaluate/{task}-{_level(task, level)}/{name}", eval_cfg, (train_out,), info))
+    return jobs
+
+
+def _denoise_searches(p: Profile, root: list[str]) -> list[Job]:
+    """One search per sharing variant (``p.seeds`` of them for lwas) over all of ``p.sigmas``, and the random draws."""
+    jobs = []
+    for variant in VARIANTS:
+        for seed in p.seeds if variant == "lwas" else p.seeds[:1]:
+            cfg = resolve(SearchConfig, p.search_preset, overrides=[
+                *root, f"data={p.denoise_search_data}", f"sigmas={list(p.sigmas)}", f"val_sigma={p.sigmas[0]}", f"seed={seed}",
+                f"space.sharing={variant}", *p.search])
+            jobs.append(Job("search", f"search/denoise-{variant}-s{seed}", cfg))
+    space = jobs[0].cfg.space
+    return jobs + [Job("genotype", f"genotype/denoise-random-{i}", (space, i)) for i in range(p.randoms)]
+
+
+def _sr_search(p: Profile, root: list[str], scale: int) -> list[Job]:
+    cfg = resolve(SearchConfig, p.search_preset, overrides=[
+        *root, f"data={p.sr_data}", "space.task=sr", f"space.scale={scale}", f"patch={p.sr_patch // scale}",
+        *p.search, *p.search_sr])
+    return [Job("search", f"search/sr-x{scale}", cfg),
+            *[Job("genotype", f"genotype/sr-x{scale}-random-{i}", (cfg.space, i)) for i in range(p.randoms)]]
+
+
+def _models(p: Profile, task: str, level: int) -> list[tuple[str, dict[str, Any], list[str], str]]:
+    """(name, description, retrain overrides, the run it needs) of every model retrained at one noise level or scale."""
+    if task == "sr":
+        found = f"search/sr-x{level}"
+        models = [("hinas-lwas", {"family": "hinas", "variant": "lwas", "seed": 0}, [f"genotype={found}"], found)]
+        prefix = f"genotype/sr-x{level}-random"
+    else:
+        models = []
+        for variant in VARIANTS:
+            for seed in p.seeds if variant == "lwas" else p.seeds[:1]:
+                found = f"search/denoise-{variant}-s{seed}"
+                models.append((f"hinas-{variant}-s{seed}", {"family": "hinas", "variant": variant, "seed": seed},
+                               [f"genotype={found}"], found))
+        prefix = "genotype/denoise-random"
+    models += [(f"random-{i}", {"family": "random", "variant": "random", "seed": i}, [f"genotype={prefix}-{i}/genotype.json"],
+                f"{prefix}-{i}") for i in range(p.randoms)]
+    if task == "denoise":
+        models.append(("dncnn-17", {"family": "dncnn", "variant": "dncnn", "seed": 0}, ["model=dncnn"], ""))
+    return models
+
+
+# --- running -----------------------------------------------------------------------------------------
+
+
+def done(runs: Path, job: Job) -> bool:
+    """A run is finished when it wrote its result (an evaluation also its complexity and latency)."""
+    d = runs / job.out
+    if job.kind == "genotype":
+        return (d / "genotype.json").is_file()
+    return (d / "metrics.json").is_file() and (job.kind != "evaluate" or (d / "complexity.json").is_file())
+
+
+def run_job(runs: str, job: Job, profile: Profile) -> str:
+    """Run one job in this process at one thread (the machine is shared).
+
+    An interrupted search or retrain resumes (forced: the grid's settings are fixed, so only a change of the
+    package's code can differ, and the grid is meant to survive edits that do not touch training).
+    """
+    from hinas.jobs.evaluate import evaluate_run
+    from hinas.jobs.retrain import retrain
+    from hinas.jobs.search import search
+
+    torch.set_num_threads(1)
+    d = Path(runs) / job.out
+    started = (d / "checkpoint.pt").is_file()
+    if job.kind == "genotype":
+        space, seed = job.cfg
+        random_genotype(space, seed).save(d / "genotype.json")
+    elif job.kind == "search":
+        search(job.cfg, d, resume=started, force=started, overwrite=d.is_dir() and not started, progress=False)
+    elif job.kind == "retrain":
+        cfg = replace(job.cfg, genotype=str(Path(runs) / job.cfg.genotype)) if job.cfg.genotype else job.cfg
+        retrain(cfg, d, resume=started, force=started, overwrite=d.is_dir() and not started, progress=False)
+    else:
+        cfg = replace(job.cfg, model=str(Path(runs) / job.cfg.model))
+        if not (d / "metrics.json").is_file():
+            evaluate_run(cfg, d, overwrite=d.is_dir(), progress=False)
+        write_json(d / "complexity.json", measure(Path(cfg.model) / "best.pt", profile.latency_size, profile.latency_repeats))
+    return job.out
+
+
+def measure(checkpoint: Path, size: int, repeats: int) -> dict[str, Any]:
+    """Parameters, FLOPs and latency for a ``size`` x ``size`` output at one thread, in the form evaluation runs.
+
+    A derived network runs in its inference form (:class:`hinas.inference.InferenceModel`, eager PyTorch),
+    DnCNN as trained (eval mode). Latency is the median wall time of ``repeats`` runs after a warm-up, and
+    the median CPU time of the process: on a shared machine the CPU time is the steadier figure.
+    """
+    from hinas.hardware import keep_freed_memory
+    from hinas.infer.backends import InferenceModel
+    from hinas.nas.network import Network, load_model
+
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    net = load_model(checkpoint).eval()
+    space = net.space
+    shape = (1, space.in_channels, size // space.scale, size // space.scale)
+    runner = InferenceModel(net) if isinstance(net, Network) else net
+    x = torch.rand(shape)
+    walls, cpus = [], []
+    with torch.inference_mode():
+        runner(x)
+        for _ in range(repeats):
+            w, c = time.perf_counter(), time.process_time()
+            runner(x)
+            walls.append(time.perf_counter() - w)
+            cpus.append(time.process_time() - c)
+    return {"params": count_params(net), "flops": count_flops(net, shape), "input": list(shape), "threads": 1,
+            "form": "inference (torch)" if isinstance(net, Network) else "as trained (eval)",
+            "latency_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "repeats": repeats}
+
+
+def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers: int = 2, deadline: float | None = None,
+             log: Callable[[str], None] = print) -> list[Job]:
+    """Run every unfinished job of the grid, ``workers`` processes at a time, each as soon as what it needs is done.
+
+    Jobs start in grid order and none starts after ``deadline`` (a ``time.time()``), so a budget cuts the
+    last blocks of ``profile.order``; rerunning resumes. A failed job is logged and what needs it skipped.
+    Returns the jobs left undone (failed ones first).
+    """
+    runs = Path(runs)
+    jobs = grid(profile, data_root)
+    pending = [j for j in jobs if not done(runs, j)]
+    finished = {j.out for j in jobs if done(runs, j)} | {""}
+    if workers <= 1:
+        while pending and (deadline is None or time.time() < deadline):
+            job = pending.pop(0)
+            start = time.time()
+            run_job(str(runs), job, profile)
+            log(f"done  {job.out} ({time.time() - start:.0f} s)")
+        return pending
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    os.environ.update(env)  # inherited by the spawned workers before torch loads there
+    running: dict[Future, tuple[Job, float]] = {}
+    failed: list[Job] = []
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        while running or (pending and (deadline is None or time.time() < deadline)):
+            ready_jobs = [j for j in pending if all(n in finished for n in j.needs)]
+            for job in ready_jobs[: workers - len(running)] if deadline is None or time.time() < deadline else []:
+                pending.remove(job)
+                running[pool.submit(run_job, str(runs), job, profile)] = (job, time.time())
+                log(f"start {job.out}")
+            if not running:
+                raise RuntimeError(f"jobs wait on runs that never finish: {[j.out for j in pending]}")
+            ready, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in ready:
+                job, start = running.pop(fut)
+                if fut.exception() is not None:  # report it, drop what needs it, keep the rest of the grid going
+                    log(f"FAILED {job.out}: {type(fut.exception()).__name__}: {fut.exception()}")
+                    failed.append(job)
+                    pending = _without_dependents(pending, job)
+                    continue
+                finished.add(job.out)
+                log(f"done  {job.out} ({time.time() - start:.0f} s)")
+    return failed + pending
+
+
+def _without_dependents(pending: list[Job], job: Job) -> list[Job]:
+    gone = {job.out}
+    for j in pending:  # grid order: a job comes after what it needs
+        if gone.intersection(j.needs):
+            gone.add(j.out)
+    return [j for j in pending if j.out not in gone]
+
+
+# --- collecting ----------------------------------------------------------------------------------------
+
+
+def collect(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
+    """One row per evaluated model and noise level (or scale): its complexity and PSNR/SSIM per test set.
+
+    Rows of runs not (yet) finished are left out; SR rows get a bicubic row per scale from the input figures.
+    """
+    runs = Path(runs)
+    rows: list[dict[str, Any]] = []
+    bicubic: dict[int, dict[str, Any]] = {}
+    for job in grid(profile, data_root):
+        if job.kind != "evaluate" or not done(runs, job):
+            continue
+        info = job.info
+        metrics = json.loads((runs / job.out / "metrics.json").read_text())
+        cx = json.loads((runs / job.out / "complexity.json").read_text())
+        trained = json.loads((runs / job.cfg.model / "metrics.json").read_text())
+        row = {"task": info["task"], "level": info["level"], "model": info["model"], "family": info["family"],
+               "variant": info["variant"], "seed": info["seed"], "params": cx["params"], "gflops": cx["flops"] / 1e9,
+               "latency_s": cx["latency_s"], "cpu_s": cx["cpu_s"], "train_s": trained["seconds"],
+               "iterations": trained["iterations"]}
+        for r in metrics["results"]:
+            row[f"{r['set']}/psnr"], row[f"{r['set']}/ssim"] = r["psnr"], r["ssim"]
+            if info["task"] == "sr":
+                bicubic.setdefault(info["level"], {"task": "sr", "level": info["level"], "model": "bicubic", "family": "bicubic",
+                                                   "variant": "bicubic", "seed": 0, "params": 0})
+                bicubic[info["level"]][f"{r['set']}/psnr"] = r["input_psnr"]
+                bicubic[info["level"]][f"{r['set']}/ssim"] = r["input_ssim"]
+        rows.append(row)
+    return sorted(rows + list(bicubic.values()), key=lambda r: (r["task"] != "denoise", r["level"]))  # stable: grid order within
+
+
+def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
+    """One row per finished search: wall time, steps, the selected epoch, its supernet validation PSNR beside the degraded
+    input's (a supernet below its input has not learnt the task yet), skip ops and the genotype's width path."""
+    runs = Path(runs)
+    rows = []
+    for job in grid(profile, data_root):
+        if job.kind == "search" and done(runs, job):
+            m = json.loads((runs / job.out / "metrics.json").read_text())
+            best = next(h for h in json.loads((runs / job.out / "history.json").read_text()) if h["epoch"] == m["best_epoch"])
+            rows.append({"search": Path(job.out).name, "sharing": job.cfg.space.sharing, "seconds": m["seconds"],
+                         "steps": m["steps"],
+                         "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], "val_psnr": m["val_psnr"],
+                         "input_psnr": best["input_psnr"],
+                         "skip_ops": m["skip_ops"], "supernet_params": m["supernet_params"], "path": m["genotype"]["path"]})
+    return rows
+
+
+def sets_of(rows: list[dict[str, Any]]) -> list[str]:
+    """Test sets appearing in ``rows``, in order of first appearance."""
+    return list(dict.fromkeys(k.rsplit("/", 1)[0] for r in rows for k in r if k.endswith("/psnr")))
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], size: int) -> str:
+    """The main tables, one per task: model, parameters, GFLOPs and latency at ``size`` x ``size`` output, PSNR/SSIM per set."""
+    tables = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        chosen = [r for r in rows if r["task"] == task]
+        sets = sets_of(chosen)
+        head = ["level", "model", "params (K)", f"GFLOPs ({size}²)", f"latency {size}² (s)", "CPU time (s)",
+                *[f"{s} PSNR / SSIM" for s in sets]]
+        lines = [f"**{'Denoising' if task == 'denoise' else 'Super-resolution'}**", "", "| " + " | ".join(head) + " |",
+                 "|" + "---|" * len(head)]
+        for r in chosen:
+            cells = [f"sigma {r['level']}" if task == "denoise" else f"x{r['level']}", r["model"], _fmt(r["params"] / 1e3, 1),
+                     _fmt(r.get("gflops"), 2), _fmt(r.get("latency_s"), 3), _fmt(r.get("cpu_s"), 3)]
+            cells += [f"{r[f'{s}/psnr']:.2f} / {r[f'{s}/ssim']:.4f}" if f"{s}/psnr" in r else "-" for s in sets]
+            lines.append("| " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines) + "\n")
+    return "\n".join(tables)
+
+
+def to_markdown(rows: list[dict[str, Any]], columns: dict[str, str], digits: int = 2) -> str:
+    """Any list of dicts as a Markdown table: ``columns`` maps keys to headers; floats get ``digits`` decimals."""
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(k), digits) for k in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, sample std and count of PSNR per (task, level, set, family-or-variant): HiNAS seeds, random draws."""
+    out = []
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        key_name = r["variant"] if r["family"] == "hinas" else r["family"]
+        for s in sets_of([r]):
+            groups.setdefault((r["task"], r["level"], s, key_name), []).append(r[f"{s}/psnr"])
+    for (task, level, s, name), values in groups.items():
+        out.append({"task": task, "level": level, "set": s, "group": name, "n": len(values), **spread(values)})
+    return out
+
+
+def search_beats_random(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (task, level, set): HiNAS (lwas) mean PSNR minus the random architectures' mean, and whether it beats their best."""
+    table = {(s["task"], s["level"], s["set"], s["group"]): s for s in summary}
+    out = []
+    for (task, level, name, group), s in table.items():
+        rnd = table.get((task, level, name, "random"))
+        if group != "lwas" or rnd is None:
+            continue
+        out.append({"task": task, "level": level, "set": name, "hinas_mean": s["mean"], "random_mean": rnd["mean"],
+                    "random_best": rnd["max"], "gain_db": s["mean"] - rnd["mean"], "beats_best_random": s["mean"] > rnd["max"]})
+    return out
+
+
+def genotype_agreement(runs: str | Path, profile: Profile) -> dict[str, Any]:
+    """Whether the ``lwas`` searches of different seeds derived the same genotype, and how many cells and paths differ."""
+    runs = Path(runs)
+    found = {seed: runs / f"search/denoise-lwas-s{seed}/genotype.json" for seed in profile.seeds}
+    genotypes = {seed: Genotype.load(p) for seed, p in found.items() if p.is_file()}
+    seeds = sorted(genotypes)
+    pairs = [(a, b, compare(genotypes[a], genotypes[b])) for i, a in enumerate(seeds) for b in seeds[i + 1:]]
+    return {"seeds": seeds, "agree": all(not diff for _, _, diff in pairs) if pairs else None,
+            "paths": {s: list(genotypes[s].path) for s in seeds},
+            "differences": {f"{a} vs {b}": len(diff) for a, b, diff in pairs}}
+
+
+
+# --- published figures ----------------------------------------------------------------------------------
+
+PUBLISHED: tuple[dict[str, Any], ...] = (
+    # (HINAS.md) MATLAB bicubic: no training, so the same protocol as ours.
+    *({"source": "bicubic (MATLAB)", "ours": "bicubic", "task": "sr", "level": scale, "set": name, "psnr": psnr,
+       "comparable": "yes", "why": "no training; same test protocol"}
+      for scale, figures in ((2, (33.66, 30.24, 29.56)), (4, (28.42, 26.00, 25.96)))
+      for name, psnr in zip(("Set5", "Set14", "B100"), figures)),
+    # DnCNN-S (Zhang et al. 2017), as quoted in HINAS.md.
+    *({"source": "DnCNN-S (published)", "ours": "dncnn-17", "task": "denoise", "level": 25, "set": name, "psnr": psnr,
+       "comparable": "no", "why": "same test protocol, but trained to convergence on a GPU; ours has the CPU budget"}
+      for name, psnr in (("BSD68", 29.23), ("Set12", 30.44))),
+    # DuRN-P on the paper's BSD500 benchmark (HINAS.md).
+    *({"source": "DuRN-P (peer)", "ours": "", "task": "denoise", "level": sigma, "set": "BSD500-test", "psnr": psnr,
+       "comparable": "no", "why": "other test set (BSD500 test, 200 images) and sigmas; full GPU training"}
+      for sigma, psnr in ((30, 28.49), (50, 26.36), (70, 25.06))),
+    # Light x2 SR peers (HINAS.md): Set5 / Set14 / B100.
+    *({"source": f"{peer} (peer, {params} M)", "ours": "", "task": "sr", "level": 2, "set": name, "psnr": psnr,
+       "comparable": "no", "why": "same test protocol; trained on DIV2K for days on GPUs"}
+      for peer, params, figures in (("CARN", 1.59, (37.76, 33.52, 32.09)), ("CARN-M", 0.41, (37.53, 33.26, 31.92)),
+                                    ("FALSR-A", 1.02, (37.82, 33.55, 32.12)), ("FALSR-C", 0.41, (37.66, 33.26, 31.96)))
+      for name, psnr in zip(("Set5", "Set14", "B100"), figures)),
+)
+"""Published and peer figures (HINAS.md) and which of our models, if any, measures the same thing."""
+
+PAPER_CLAIMS = (
+    "HiNAS search: about 1 GPU-hour for denoising (BSD500) and 3.5 GPU-hours for x4 SR (DIV2K) on one GTX 1080Ti, "
+    "100 epochs of the full supernet (L=3, B=4, F=10 / L=2, B=3, F=8); retraining 600k iterations at batch 24 (16 for SR).",
+    "Found networks of roughly 0.2-1.0 M parameters, competitive with DnCNN, RED, MemNet, NLRN, N3Net, DuRN and light SR nets.",
+    "Layer-wise architecture sharing (lwas) beats one tied cell for the whole network.",
+)
+"""The paper's claims as HINAS.md states them; its PSNR tables are not reproduced there, so none are quoted."""
+
+
+def published_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every published figure beside ours for the same model, set and level where we have one (``None`` otherwise)."""
+    ours = {(r["task"], r["level"], r["model"]): r for r in rows}
+    out = []
+    for f in PUBLISHED:
+        mine = ours.get((f["task"], f["level"], f["ours"]))
+        out.append({**f, "our_psnr": mine.get(f"{f['set']}/psnr") if mine else None})
+    return out
+
+
+def budget(profile: Profile) -> str:
+    """One line stating what every figure of a profile cost: search and retraining budget, hardware."""
+    search = resolve(SearchConfig, profile.search_preset, overrides=list(profile.search))
+    train = resolve(TrainConfig, profile.train_preset, overrides=list(profile.train))
+    space = search.space
+    return (f"search {search.epochs} epochs x {search.patches_per_image} patch/image, batch {search.batch} of {search.patch}px, "
+            f"supernet L={space.layers} B={space.nodes} F={space.filters}; retrain {train.iterations} it x batch {train.batch} "
+            f"of {train.patch}px, F={train.filters}; {profile.hardware}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hinas.results --profile cpu --runs results/runs [--workers 2] [--stop-at 23:05]``: build the runs."""
+    import argparse
+    from datetime import datetime, timezone
+
+    parser = argparse.ArgumentParser(prog="python -m hinas.results", description=main.__doc__)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
+    parser.add_argument("--runs", default="results/runs")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--data-root", default="")
+    parser.add_argument("--stop-at", help="UTC time HH:MM after which no job starts")
+    args = parser.parse_args(argv)
+    deadline = None
+    if args.stop_at:
+        now = datetime.now(timezone.utc)
+        hour, minute = map(int, args.stop_at.split(":"))
+        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
+    left = run_grid(args.runs, PROFILES[args.profile], data_root=args.data_root, workers=args.workers, deadline=deadline,
+                    log=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
+    print(f"{len(left)} jobs left undone" + (f": {', '.join(j.out for j in left)}" if left else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
