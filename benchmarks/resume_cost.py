@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from hinas.data.images.images import data_root, in_memory, load_images, split_images
+from hinas.data.images import data_root, in_memory, load_images, split_images
 
 from hinas.engine.checkpoint import Checkpointer, read_checkpoint, restore_state
 from hinas.engine.rundir import CHECKPOINT, RunDir

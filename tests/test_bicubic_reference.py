@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hinas.data.images.images import data_root, named_set
+from hinas.data.images import data_root, named_set
 
 from hinas.eval.scoring import bicubic_baseline
 

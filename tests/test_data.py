@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from hinas.data.images.degrade import sr_pair
-from hinas.data.images.images import (
+from hinas.data.degrade import sr_pair
+from hinas.data.images import (
     EMBEDDED,
     NAMED_SETS,
     ImageSet,

@@ -165,3 +165,66 @@ def test_replicas_of_a_fused_supernet_normalise_over_the_global_batch(group_of_o
     kinds = {type(m) for m in net.modules()}
     assert {ScaledBatchNorm, nn.BatchNorm2d}.isdisjoint(kinds) and {GlobalScaledBatchNorm, GlobalBatchNorm2d} <= kinds
     torch.testing.assert_close(net.state_dict(), before, rtol=0, atol=0)
+
+
+def torchrun_fault(fault: str, *args: str, scratch) -> subprocess.CompletedProcess:
+    """Two gloo ranks running ``tests/dist_faults.py`` (hinas with ``fault`` injected on one rank); never hangs the suite."""
+    script = os.path.join(os.path.dirname(__file__), "dist_faults.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, *args]
+    env = {**os.environ, "TMPDIR": str(scratch), "HINAS_TEST_FAULT": fault}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+SEARCH_4 = ["search", *SMOKE, "--set", "epochs=3", "--set", "patches_per_image=4"]
+"""A smoke search of 3 epochs of 4 steps each, so that faults can land mid-epoch."""
+
+
+def _log(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_and_the_run_resumes(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = tmp_path / "search"
+    stopped = torchrun_fault("signal:1:5", *SEARCH_4, "--out", str(run), scratch=scratch)
+    assert stopped.returncode != 0, "a SIGTERM on rank 1 alone did not stop the run"
+    events = _log(run)
+    interrupted = [e for e in events if e["event"] == "interrupted"]
+    assert [e["position"] for e in interrupted] == ["epoch 2 step 1"], events[-3:]
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)["progress"]
+    assert (saved["epoch"], saved["step"]) == (2, 1)  # rank 0 checkpointed the step at which rank 1 was signalled
+    torchrun("search", "--resume", str(run), "--quiet", scratch=scratch)  # check_replicas: the ranks still agree
+    assert (run / "metrics.json").is_file()
+
+
+def test_a_nonfinite_step_on_one_rank_right_after_resume_rolls_every_rank_back(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = tmp_path / "search"
+    stopped = torchrun_fault("signal:0:3", *SEARCH_4, "--out", str(run), scratch=scratch)
+    assert stopped.returncode != 0
+    resumed = torchrun_fault("nan:1:1", "search", "--resume", str(run), "--quiet", scratch=scratch)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    events = _log(run)
+    rollbacks = [e for e in events if e["event"] == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["position"] == "epoch 1 step 3", events
+    assert json.loads((run / "metrics.json").read_text())["rollbacks"] == 1
+    replicas = json.loads((run / "replicas.json").read_text())["replicas"]
+    assert replicas[0]["state_sha256"] == replicas[1]["state_sha256"]
+
+
+def test_the_nonfinite_decision_is_taken_by_every_rank(group_of_one):
+    """Under fp16 the scaler owns gradient overflow, so a NaN loss on one rank alone is seen by that rank only:
+    the decision must be all-reduced. A stand-in for the other rank's verdict shows it is consulted."""
+    from hinas.engine.guard import checked_step
+    from hinas.errors import NonFiniteError
+
+    w = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    other_rank_bad = lambda mine: True  # noqa: E731
+    with pytest.raises(NonFiniteError):
+        checked_step((w * 2).sum(), opt, scaler, [w], "step", any_rank=other_rank_bad)
+    assert torch.equal(w.detach(), torch.ones(3)), "a step was applied although another rank found it non-finite"
+    assert Context().any_rank(True) and not Context().any_rank(False)

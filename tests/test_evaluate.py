@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import uniform_genotype
-from hinas.data.images.degrade import noise_seed
+from hinas.data.degrade import noise_seed
 from torch import nn
 
 from hinas.eval.scoring import Bicubic, evaluate_model, restore

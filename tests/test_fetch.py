@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
-from hinas.data.images.fetch import SOURCES, Source, fetch, main
-from hinas.data.images.images import NAMED_SETS
+from hinas.data.fetch import SOURCES, Source, fetch, main
+from hinas.data.images import NAMED_SETS
 from PIL import Image
 
 from hinas import fetch as fetch_module

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from hinas.data.images.degrade import seeded_noisy
-from hinas.data.images.images import load_image
+from hinas.data.degrade import seeded_noisy
+from hinas.data.images import load_image
 from PIL import Image
 
 from hinas.cli import main

@@ -47,7 +47,7 @@ def test_dncnn_retrains_through_the_same_loop_and_evaluates(tmp_path):
     assert metrics["model"] == "dncnn" and metrics["params"] == 556_096 and metrics["iterations"] == cfg.iterations
     assert not (tmp_path / "dncnn" / "genotype.json").exists()
     model = load_model(tmp_path / "dncnn" / "best.pt")
-    assert isinstance(model, DnCNN) and model.space.task == "denoise"
+    assert isinstance(model, DnCNN) and model.task == "denoise"
     cfg = resolve(EvalConfig, "smoke", overrides=[f"model={tmp_path / 'dncnn'}"])
     scores = evaluate_run(cfg, tmp_path / "eval", progress=False)
     assert scores["results"][0]["psnr"] > 0 and scores["results"][0]["sigma"] == 25

@@ -117,6 +117,22 @@ class Context:
             return x.mean()
         return _SumOverRanks.apply(x.sum()) / (x.numel() * self.world_size)
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any: one decision (roll back, stop) that no rank takes alone."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def agreed_signal(self, received: int | None) -> int | None:
+        """The stop signal any rank received (the highest number), on every rank, so all ranks stop at the same step."""
+        if self.world_size == 1:
+            return received
+        value = torch.tensor([received or 0], dtype=torch.int64, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return int(value.item()) or None
+
     def average(self, values: list[float]) -> list[float]:
         """Element-wise mean over ranks of per-step numbers (the logged losses); every rank passes as many."""
         if self.world_size == 1 or not values:

@@ -70,7 +70,9 @@ def check_measurable(images: Images, convention: Convention) -> None:
 
 
 def _input_channels(model: nn.Module) -> int | None:
-    """Channels a hinas network or supernet takes (from its search space); None for other modules."""
+    """Channels a hinas model takes (its own ``in_channels``, or its search space's); None for other modules."""
+    if isinstance(getattr(model, "in_channels", None), int):
+        return model.in_channels
     space = getattr(getattr(model, "genotype", None), "space", None) or getattr(model, "space", None)
     return getattr(space, "in_channels", None)
 

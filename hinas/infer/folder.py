@@ -46,14 +46,13 @@ def restore_folder(model: str | Path, inputs: str | Path, outputs: str | Path, *
                           "pass --overwrite to replace them")
     dev = pick_device(device)
     net = load_model(checkpoint).to(dev).eval()
-    space = net.space
     kind = {1: "gray", 3: "RGB"}
     for path in images.paths:
-        if image_channels(path) != space.in_channels:
+        if image_channels(path) != net.in_channels:
             raise DataError(f"{path}: a {kind[image_channels(path)]} image, but the network restores "
-                            f"{kind[space.in_channels]} images; convert the inputs first")
+                            f"{kind[net.in_channels]} images; convert the inputs first")
     runner = InferenceModel(net, backend) if backend != "training" and isinstance(net, Network) else net
     for (_, image), target in tqdm(zip(images, targets), total=len(targets), desc="restore", disable=not progress):
-        restored = tiled_forward(runner, image.unsqueeze(0).to(dev), space.scale, tile, overlap)[0]
+        restored = tiled_forward(runner, image.unsqueeze(0).to(dev), net.scale, tile, overlap)[0]
         save_image(restored.float().cpu(), target)
     return targets

@@ -32,10 +32,10 @@ def load_for_eval(cfg: "EvalConfig", device: torch.device | None = None) -> tupl
         return baseline(cfg.model, task, 1), task, list(cfg.scales), None
     path = Path(cfg.model)
     model = load_model(path / "best.pt" if path.is_dir() else path).to(device).eval()
-    space = model.space
+    task, scale, channels = model.task, model.scale, model.in_channels
     if cfg.backend != "training" and isinstance(model, Network):  # DnCNN has no inference form: it runs as trained
         model = InferenceModel(model, cfg.backend)
-    return model, space.task, [space.scale], space.in_channels
+    return model, task, [scale], channels
 
 
 def evaluate_run(cfg: "EvalConfig", out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:

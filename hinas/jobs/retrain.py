@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from hinas.data.images import PatchDataset, in_memory, load_images, split_images
-from hinas.engine import distributed
-from hinas.engine.checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state
+from hinas.engine.checkpoint import Progress, loader_generator
 from hinas.engine.guard import checked_step
-from hinas.engine.losses import poly_lr, restoration_loss
-from hinas.engine.rundir import CHECKPOINT, RunDir
+from hinas.engine.loop import Job, fit
+from hinas.engine.losses import poly_lr
 from hinas.engine.settings import TrainConfig
-from hinas.errors import ConfigError, NonFiniteError
+from hinas.errors import ConfigError
 from hinas.eval.metrics import convention_for
 from hinas.eval.scoring import check_measurable, score
 from hinas.files import write_json
-from hinas.hardware import autocast
 from hinas.nas.baselines import DnCNN
 from hinas.nas.complexity import count_flops, count_params
 from hinas.nas.genotype import Genotype
@@ -54,122 +53,117 @@ class TrainProgress(Progress):
         return f"iteration {self.iteration}"
 
 
-def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False, force: bool = False,
-            progress: bool = True) -> dict[str, Any]:
-    """Train ``Network(genotype, cfg.filters)`` into run directory ``out``; returns its metrics (also ``out/metrics.json``).
+class RetrainJob(Job[TrainProgress, dict[str, Any]]):
+    """Retraining's part of the training loop: one network, one step per batch, validation every ``val_every``."""
 
-    ``resume`` and ``force`` work as in :func:`hinas.search.search`; every input is checked before ``out`` is touched.
-    """
-    out = Path(out)
-    start = distributed.start_run(out, "retrain", cfg, overwrite=overwrite, resume=resume, force=force, progress=progress)
-    genotype = resolve_genotype(cfg) if cfg.model == "hinas" else None
-    saved, ctx, progress, amp = start.saved, start.ctx, start.progress, start.amp
-    device = ctx.device
-    space = genotype.space if genotype is not None else DnCNN().space
-    sr = space.task == "sr"
+    kind = "retrain"
+    progress_type = TrainProgress
+    cfg: TrainConfig
 
-    images = load_images(cfg.data, cfg.data_root or None, channels=space.in_channels)
-    if cfg.val_data:
-        train_imgs, val_imgs = images, load_images(cfg.val_data, cfg.data_root or None, channels=space.in_channels)
-    else:
-        a, b, val_imgs = split_images(images, cfg.val_images, cfg.seed)
-        train_imgs = a + b
-    train_imgs, val_imgs = in_memory(train_imgs), in_memory(val_imgs, cfg.val_crop)
-    check_measurable(val_imgs, convention_for(space.task, space.scale))
-    dataset = PatchDataset(train_imgs, cfg.patch, task=space.task, scale=space.scale, sigma=(cfg.sigma,),
-                           rescale=None if sr or not cfg.rescale else tuple(cfg.rescale), length=cfg.iterations * cfg.batch, seed=cfg.seed)
-    sampler = ctx.batches(len(dataset), cfg.batch)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                        generator=loader_generator(cfg.seed))
+    def prepare(self) -> None:
+        cfg = self.cfg
+        self.genotype = resolve_genotype(cfg) if cfg.model == "hinas" else None
+        space = self.genotype.space if self.genotype is not None else None
+        task, scale, channels = (space.task, space.scale, space.in_channels) if space else (DnCNN.task, DnCNN.scale, 1)
+        self.task, self.scale, self.channels = task, scale, channels
+        sr = task == "sr"
+        images = load_images(cfg.data, cfg.data_root or None, channels=channels)
+        if cfg.val_data:
+            train_imgs, val_imgs = images, load_images(cfg.val_data, cfg.data_root or None, channels=channels)
+        else:
+            a, b, val_imgs = split_images(images, cfg.val_images, cfg.seed)
+            train_imgs = a + b
+        train_imgs, self.val_imgs = in_memory(train_imgs), in_memory(val_imgs, cfg.val_crop)
+        self.train_count = len(train_imgs)
+        check_measurable(self.val_imgs, convention_for(task, scale))
+        dataset = PatchDataset(train_imgs, cfg.patch, task=task, scale=scale, sigma=(cfg.sigma,),
+                               rescale=None if sr or not cfg.rescale else tuple(cfg.rescale), length=cfg.iterations * cfg.batch,
+                               seed=cfg.seed)
+        self.sampler = self.ctx.batches(len(dataset), cfg.batch)
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=cfg.workers,
+                                 pin_memory=self.device.type == "cuda", generator=loader_generator(cfg.seed))
+        self.val_kw = {"task": task, "sigma": None if sr else cfg.sigma, "scale": scale if sr else None}
 
-    net = Network(genotype, cfg.filters) if genotype is not None else DnCNN(space.in_channels)
-    model = ctx.replicate(net.to(device))
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    params = list(model.parameters())
-    val_kw = {"task": space.task, "sigma": None if sr else cfg.sigma, "scale": space.scale if sr else None}
-    n_params = count_params(model)
+    def build(self) -> nn.Module:
+        return Network(self.genotype, self.cfg.filters) if self.genotype is not None else DnCNN(self.channels)
 
-    resumed = restore_state(TrainProgress, saved, model, {"weights": opt}, scaler, out / CHECKPOINT) if saved else None
+    def make_optimizers(self, model: nn.Module) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.cfg
+        self.params = list(model.parameters())
+        return {"weights": torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)}
 
-    run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite, resume=resumed is not None)
-    if genotype is not None:
-        genotype.save(run / "genotype.json")
-    ckpt = Checkpointer(run, "retrain", cfg, model, {"weights": opt}, scaler)
-    if resumed is not None:
-        state = resumed
-        ckpt.resumed(state, saved)
-    else:
-        run.log(event="start", device=str(device), amp=str(amp), params=n_params, train_images=len(train_imgs), val_images=len(val_imgs))
-        state = TrainProgress()
-        ckpt.save(state)  # the first rollback target and resume point
+    def opened(self) -> None:
+        if self.genotype is not None:
+            self.genotype.save(self.run / "genotype.json")
 
-    def validate(state: TrainProgress) -> None:
+    def start_record(self) -> dict[str, Any]:
+        return {"params": count_params(self.model), "train_images": self.train_count, "val_images": len(self.val_imgs)}
+
+    def steps(self, state: TrainProgress) -> tuple[int, int]:
+        return state.iteration, self.cfg.iterations
+
+    def finished(self, state: TrainProgress) -> bool:
+        return state.iteration >= self.cfg.iterations
+
+    def batches(self, state: TrainProgress) -> Iterable[Any]:
+        self.model.train()
+        self.sampler.start = state.iteration * self.cfg.batch
+        return self.loader
+
+    def step(self, state: TrainProgress, batch: Any) -> None:
+        cfg, opt = self.cfg, self.optimizers["weights"]
+        for group in opt.param_groups:
+            group["lr"] = poly_lr(state.iteration, cfg.iterations, cfg.lr, cfg.lr_power) * state.lr_scale
+        state.losses.append(checked_step(self.loss(*batch), opt, self.scaler, self.params, f"step at {state.position()}",
+                                         clip=cfg.grad_clip, sync=self.ctx.sync_grads, any_rank=self.ctx.any_rank))
+        state.iteration += 1
+
+    def phase_over(self, state: TrainProgress) -> bool:
+        return state.iteration >= self.cfg.iterations
+
+    def after_step(self, state: TrainProgress) -> bool:
+        """Validate every ``val_every`` iterations and at the last; keep the best weights in ``best.pt``."""
         it = state.iteration
-        val = ctx.evaluate(model, val_imgs, **val_kw)
-        losses = ctx.average(state.losses)
-        record = {"iteration": it, "train_loss": sum(losses) / len(losses), "lr": opt.param_groups[0]["lr"],
+        if it % self.cfg.val_every and it != self.cfg.iterations:
+            return False
+        val = self.ctx.evaluate(self.model, self.val_imgs, **self.val_kw)
+        losses = self.ctx.average(state.losses)
+        record = {"iteration": it, "train_loss": sum(losses) / len(losses), "lr": self.optimizers["weights"].param_groups[0]["lr"],
                   "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
-                  "score": score(val["psnr"], val["ssim"]), "seconds": ckpt.seconds()}
+                  "score": score(val["psnr"], val["ssim"]), "seconds": self.ckpt.seconds()}
         state.losses = []
         state.history.append(record)
-        run.log(event="validation", **record)
-        bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_psnr=f"{val['psnr']:.2f}")
+        self.run.log(event="validation", **record)
+        self.bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_psnr=f"{val['psnr']:.2f}")
         if state.best is None or record["score"] > state.best["score"]:
             state.best = record
-            save_model(model, run / "best.pt", iteration=it, val_psnr=val["psnr"], val_ssim=val["ssim"])
+            save_model(self.model, self.run / "best.pt", iteration=it, val_psnr=val["psnr"], val_ssim=val["ssim"])
+        return True
 
-    def train(state: TrainProgress, stop: StopSignals) -> None:
-        """The remaining iterations, validating and checkpointing on schedule, and checkpointing on a signal before stopping."""
-        model.train()
-        sampler.start = state.iteration * cfg.batch
-        for x, y in loader:
-            for group in opt.param_groups:
-                group["lr"] = poly_lr(state.iteration, cfg.iterations, cfg.lr, cfg.lr_power) * state.lr_scale
-            x = x.to(device, non_blocking=True, memory_format=fmt)
-            y = y.to(device, non_blocking=True)
-            with autocast(device, amp):
-                pred = model(x)
-            loss = restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, batch_mean=ctx.batch_mean)
-            state.losses.append(checked_step(loss, opt, scaler, params, f"step at {state.position()}", clip=cfg.grad_clip,
-                                             sync=ctx.sync_grads))
-            state.iteration += 1
-            bar.update()
-            it = state.iteration
-            validated = it % cfg.val_every == 0 or it == cfg.iterations
-            if validated:
-                validate(state)
-            if validated or stop.received or (cfg.checkpoint_every and it % cfg.checkpoint_every == 0):
-                ckpt.save(state)
-            if stop.received and it < cfg.iterations:
-                raise ckpt.interrupted(state, stop.received)
-
-    bar = tqdm(total=cfg.iterations, initial=state.iteration, desc="retrain", disable=not progress, dynamic_ncols=True)
-    try:
-        with StopSignals() as stop:
-            while state.iteration < cfg.iterations:
-                try:
-                    train(state, stop)
-                except NonFiniteError as fault:
-                    state = ckpt.rollback(state, fault)
-        best = state.best
-        ctx.check_replicas(run / "replicas.json", model, best_iteration=best["iteration"])
+    def finish(self, state: TrainProgress) -> dict[str, Any]:
+        cfg, run, model, best = self.cfg, self.run, self.model, state.best
+        self.ctx.check_replicas(run / "replicas.json", model, best_iteration=best["iteration"])
         write_json(run / "history.json", state.history)
+        n_params = count_params(model)
         metrics = {
-            "model": cfg.model, "task": space.task, "sigma": val_kw["sigma"], "scale": val_kw["scale"],
-            "filters": cfg.filters if genotype is not None else net.channels,
+            "model": cfg.model, "task": self.task, "sigma": self.val_kw["sigma"], "scale": self.val_kw["scale"],
+            "filters": cfg.filters if self.genotype is not None else model.channels,
             "params": n_params, "params_m": n_params / 1e6,
-            "gflops_256": count_flops(model, (1, space.in_channels, 256 // space.scale, 256 // space.scale)) / 1e9,
+            "gflops_256": count_flops(model, (1, self.channels, 256 // self.scale, 256 // self.scale)) / 1e9,
             "best_iteration": best["iteration"], "val_psnr": best["val_psnr"], "val_ssim": best["val_ssim"],
             "input_psnr": best["input_psnr"], "iterations": cfg.iterations, "rollbacks": state.rollbacks,
-            "seconds": ckpt.seconds(), "device": str(device),
-            "convention": dataclasses.asdict(convention_for(space.task, space.scale)),
+            "seconds": self.ckpt.seconds(), "device": str(self.device),
+            "convention": dataclasses.asdict(convention_for(self.task, self.scale)),
         }
         write_json(run / "metrics.json", metrics)
         run.log(event="end", **{k: v for k, v in metrics.items() if k != "convention"})
-    finally:
-        bar.close()
-        run.close()
-    return metrics
+        return metrics
+
+
+def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False, force: bool = False,
+            progress: bool = True) -> dict[str, Any]:
+    """Train ``Network(genotype, cfg.filters)`` (or DnCNN-17) into run directory ``out``; returns its metrics (also
+    ``out/metrics.json``). ``resume`` and ``force`` work as in :func:`hinas.jobs.search.search`; every input is checked
+    before ``out`` is touched.
+    """
+    return fit(RetrainJob(cfg), out, overwrite=overwrite, resume=resume, force=force, progress=progress)

@@ -12,32 +12,31 @@ is checkpointed (:mod:`hinas.checkpoint`), so an interrupted search resumes exac
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from hinas.data.images import PatchDataset, in_memory, load_images, split_images
 from hinas.engine import distributed
-from hinas.engine.checkpoint import Checkpointer, Progress, StopSignals, loader_generator, restore_state
+from hinas.engine.checkpoint import Progress, loader_generator
 from hinas.engine.guard import checked_step
-from hinas.engine.losses import restoration_loss, search_lr
-from hinas.engine.rundir import CHECKPOINT, RunDir
+from hinas.engine.loop import Job, fit
+from hinas.engine.losses import search_lr
+from hinas.engine.rundir import RunDir
 from hinas.engine.settings import SearchConfig
-from hinas.errors import CollapseError, ConfigError, NonFiniteError, RenderError
+from hinas.errors import CollapseError, ConfigError, RenderError
 from hinas.eval.metrics import convention_for
 from hinas.eval.scoring import check_measurable, score
 from hinas.files import write_json
-from hinas.hardware import autocast
 from hinas.nas.complexity import count_params
 from hinas.nas.genotype import Genotype
 from hinas.nas.space import SearchSpace
 from hinas.nas.supernet import Supernet
-from hinas.viz.plots import plot_alphas, plot_betas
-from hinas.viz.render import draw_genotype
 
 
 @dataclass
@@ -94,94 +93,91 @@ class SearchProgress(Progress):
         return f"epoch {self.epoch} step {self.step}"
 
 
-def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False, force: bool = False,
-           progress: bool = True) -> SearchResult:
-    """Run a search into run directory ``out``; returns the selected genotype (also in ``out/genotype.json``).
+class SearchJob(Job[SearchProgress, "SearchResult"]):
+    """The search's part of the training loop: two splits, the alternating step, the end-of-epoch selection."""
 
-    ``resume`` continues the interrupted run in ``out`` exactly where its checkpoint left it; settings or code
-    that differ from the run's are refused unless ``force``. Every input is checked before ``out`` is touched.
-    """
-    out = Path(out)
-    start = distributed.start_run(out, "search", cfg, overwrite=overwrite, resume=resume, force=force, progress=progress)
-    saved, ctx, progress, amp = start.saved, start.ctx, start.progress, start.amp
-    device = ctx.device
-    space = cfg.space
-    images = load_images(cfg.data, cfg.data_root or None, channels=space.in_channels)
-    weight_imgs, arch_imgs, val_imgs = split_images(images, cfg.val_images, cfg.seed)
-    weight_imgs, arch_imgs, val_imgs = in_memory(weight_imgs), in_memory(arch_imgs), in_memory(val_imgs, cfg.val_crop)
-    check_measurable(val_imgs, convention_for(space.task, space.scale))
-    w_loader, a_loader, sampler = _loaders(cfg, weight_imgs, arch_imgs, ctx)
+    kind = "search"
+    progress_type = SearchProgress
+    cfg: SearchConfig
 
-    model = ctx.replicate(Supernet(space, impl=cfg.supernet, checkpoint=cfg.checkpoint_cells).to(device))
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    weights, arch = model.weight_parameters(), model.arch_parameters()
+    def prepare(self) -> None:
+        cfg, space = self.cfg, self.cfg.space
+        images = load_images(cfg.data, cfg.data_root or None, channels=space.in_channels)
+        weight_imgs, arch_imgs, val_imgs = split_images(images, cfg.val_images, cfg.seed)
+        self.split_sizes = {"weights": len(weight_imgs), "arch": len(arch_imgs), "val": len(val_imgs)}
+        weight_imgs, arch_imgs, self.val_imgs = in_memory(weight_imgs), in_memory(arch_imgs), in_memory(val_imgs, cfg.val_crop)
+        check_measurable(self.val_imgs, convention_for(space.task, space.scale))
+        self.w_loader, self.a_loader, self.sampler = _loaders(cfg, weight_imgs, arch_imgs, self.ctx)
+        self.per_epoch = len(self.w_loader)
 
-    optimizers = {"weights": w_opt, "arch": a_opt}
-    resumed = restore_state(SearchProgress, saved, model, optimizers, scaler, out / CHECKPOINT) if saved else None
+    def build(self) -> nn.Module:
+        return Supernet(self.cfg.space, impl=self.cfg.supernet, checkpoint=self.cfg.checkpoint_cells)
 
-    run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite, resume=resumed is not None)
-    ckpt = Checkpointer(run, "search", cfg, model, optimizers, scaler)
-    steps = len(w_loader)
-    if resumed is not None:
-        state = resumed
-        ckpt.resumed(state, saved)
-    else:
-        run.log(event="start", device=str(device), amp=str(amp), images={"weights": len(weight_imgs), "arch": len(arch_imgs),
-                "val": len(val_imgs)}, steps_per_epoch=steps, params=count_params(model))
-        state = SearchProgress()
-        ckpt.save(state)  # the first rollback target and resume point
+    def make_optimizers(self, model: nn.Module) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.cfg
+        self.weights, self.arch = model.weight_parameters(), model.arch_parameters()
+        return {"weights": torch.optim.SGD(self.weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+                "arch": torch.optim.Adam(self.arch, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)}
 
-    def loss_on(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, non_blocking=True, memory_format=fmt)
-        y = y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            pred = model(x)
-        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, cfg.loss_scale, batch_mean=ctx.batch_mean)
+    def start_record(self) -> dict[str, Any]:
+        return {"images": self.split_sizes, "steps_per_epoch": self.per_epoch, "params": count_params(self.model)}
 
-    def train_epoch(state: SearchProgress, stop: StopSignals) -> None:
-        """The remaining steps of ``state.epoch``; checkpoints on schedule, and on a signal before stopping."""
-        model.train()
-        for loader in (w_loader, a_loader):
+    def steps(self, state: SearchProgress) -> tuple[int, int]:
+        return (state.epoch - 1) * self.per_epoch + state.step, self.cfg.epochs * self.per_epoch
+
+    def finished(self, state: SearchProgress) -> bool:
+        return state.epoch > self.cfg.epochs or bool(state.stopped)
+
+    def checkpoint_due(self, state: SearchProgress) -> bool:
+        every = self.cfg.checkpoint_every
+        return bool(every) and state.step % every == 0
+
+    def batches(self, state: SearchProgress) -> Iterable[Any]:
+        self.model.train()
+        for loader in (self.w_loader, self.a_loader):
             loader.dataset.set_epoch(state.epoch)
-        sampler.start = state.step * cfg.batch
-        for (xw, yw), (xa, ya) in zip(w_loader, a_loader):
-            lr = search_lr(state.epoch - 1 + state.step / steps, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_cycle, cfg.lr_power)
-            for opt, base in ((w_opt, lr), (a_opt, cfg.arch_lr)):
-                for group in opt.param_groups:
-                    group["lr"] = base * state.lr_scale
-            if state.epoch >= cfg.arch_start:
-                state.a_losses.append(checked_step(loss_on(xa, ya), a_opt, scaler, arch, f"arch step at {state.position()}",
-                                                   sync=ctx.sync_grads))
-            state.w_losses.append(checked_step(loss_on(xw, yw), w_opt, scaler, weights, f"weight step at {state.position()}",
-                                               sync=ctx.sync_grads))
-            state.step += 1
-            bar.update()
-            bar.set_postfix(epoch=state.epoch, loss=f"{state.w_losses[-1]:.4f}", refresh=False)
-            if state.step < steps and (stop.received or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)):
-                ckpt.save(state)
-            if stop.received and state.step < steps:
-                raise ckpt.interrupted(state, stop.received)
+        self.sampler.start = state.step * self.cfg.batch
+        return zip(self.w_loader, self.a_loader)
 
-    def end_epoch(state: SearchProgress) -> None:
+    def _lr(self, state: SearchProgress, step: int) -> float:
+        cfg = self.cfg
+        return search_lr(state.epoch - 1 + step / self.per_epoch, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_cycle, cfg.lr_power)
+
+    def step(self, state: SearchProgress, batch: Any) -> None:
+        """One architecture step on an arch batch (from ``arch_start`` on), then one weight step: the authors' order."""
+        (xw, yw), (xa, ya) = batch
+        cfg, opts = self.cfg, self.optimizers
+        for opt, base in ((opts["weights"], self._lr(state, state.step)), (opts["arch"], cfg.arch_lr)):
+            for group in opt.param_groups:
+                group["lr"] = base * state.lr_scale
+        guard = {"sync": self.ctx.sync_grads, "any_rank": self.ctx.any_rank}
+        if state.epoch >= cfg.arch_start:
+            state.a_losses.append(checked_step(self.loss(xa, ya, cfg.loss_scale), opts["arch"], self.scaler, self.arch,
+                                               f"arch step at {state.position()}", **guard))
+        state.w_losses.append(checked_step(self.loss(xw, yw, cfg.loss_scale), opts["weights"], self.scaler, self.weights,
+                                           f"weight step at {state.position()}", **guard))
+        state.step += 1
+        self.bar.set_postfix(epoch=state.epoch, loss=f"{state.w_losses[-1]:.4f}", refresh=False)
+
+    def phase_over(self, state: SearchProgress) -> bool:
+        return state.step >= self.per_epoch
+
+    def end_phase(self, state: SearchProgress) -> None:
         """Validate, derive, select; the collapse guard may end the search here."""
-        epoch = state.epoch
+        cfg, model, space, epoch = self.cfg, self.model, self.cfg.space, state.epoch
         genotype = model.genotype(meta={"epoch": epoch})
-        val = ctx.evaluate(model, val_imgs, task=space.task, sigma=cfg.val_sigma, scale=space.scale if space.task == "sr" else None)
-        lr = search_lr(epoch - 1 + (steps - 1) / steps, cfg.epochs, cfg.lr, cfg.lr_min, cfg.lr_cycle, cfg.lr_power) * state.lr_scale
-        w_losses, a_losses = ctx.average(state.w_losses), ctx.average(state.a_losses)
+        val = self.ctx.evaluate(model, self.val_imgs, task=space.task, sigma=cfg.val_sigma,
+                                scale=space.scale if space.task == "sr" else None)
+        w_losses, a_losses = self.ctx.average(state.w_losses), self.ctx.average(state.a_losses)
         record = {
-            "epoch": epoch, "lr": lr, "weight_loss": sum(w_losses) / len(w_losses),
-            "arch_loss": sum(a_losses) / len(a_losses) if a_losses else None,
+            "epoch": epoch, "lr": self._lr(state, self.per_epoch - 1) * state.lr_scale,
+            "weight_loss": sum(w_losses) / len(w_losses), "arch_loss": sum(a_losses) / len(a_losses) if a_losses else None,
             "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
             "score": score(val["psnr"], val["ssim"]),
             **collapse_indicators(model, genotype),
             "path": list(genotype.path), "cells": genotype.to_dict()["cells"],
             "alpha": model.alpha_probs().tolist(), "beta": model.beta_probs().tolist(),
-            "seconds": ckpt.seconds(),
+            "seconds": self.ckpt.seconds(),
         }
         state.history.append(record)
         limit = cfg.collapse_skip_limit
@@ -189,46 +185,41 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
             state.stopped = f"collapse: {record['skip_ops']} skip ops at epoch {epoch} (collapse_skip_limit {limit})"
         elif epoch >= cfg.select_from and (state.best is None or record["score"] > state.best["score"]):
             state.best = {"epoch": epoch, "score": record["score"], "genotype": genotype.to_dict()}
-            genotype.save(run / "genotype.json")
-        run.log(event="epoch", **{k: v for k, v in record.items() if k not in ("alpha", "beta")})
+            genotype.save(self.run / "genotype.json")
+        self.run.log(event="epoch", **{k: v for k, v in record.items() if k not in ("alpha", "beta")})
         if state.stopped:
-            run.log(event="stopped", reason=state.stopped)
-        bar.set_postfix(epoch=epoch, loss=f"{record['weight_loss']:.4f}", val_psnr=f"{val['psnr']:.2f}")
+            self.run.log(event="stopped", reason=state.stopped)
+        self.bar.set_postfix(epoch=epoch, loss=f"{record['weight_loss']:.4f}", val_psnr=f"{val['psnr']:.2f}")
         state.epoch, state.step, state.w_losses, state.a_losses = epoch + 1, 0, [], []
 
-    bar = tqdm(total=cfg.epochs * steps, initial=(state.epoch - 1) * steps + state.step, desc="search", disable=not progress,
-               dynamic_ncols=True)
-    try:
-        with StopSignals() as stop:
-            while state.epoch <= cfg.epochs and not state.stopped:
-                try:
-                    train_epoch(state, stop)
-                except NonFiniteError as fault:
-                    state = ckpt.rollback(state, fault)
-                    continue
-                end_epoch(state)
-                ckpt.save(state)
-                if stop.received and state.epoch <= cfg.epochs and not state.stopped:
-                    raise ckpt.interrupted(state, stop.received)
+    def finish(self, state: SearchProgress) -> SearchResult:
+        cfg, run, model, space = self.cfg, self.run, self.model, self.cfg.space
         chosen, best_epoch = _select(state, space)
         chosen.save(run / "genotype.json")
         write_json(run / "history.json", state.history)
         _draw(run, chosen, model)
         picked = state.history[best_epoch - 1]
-        ctx.check_replicas(run / "replicas.json", model, genotype=chosen.to_dict(), best_epoch=best_epoch)
+        self.ctx.check_replicas(run / "replicas.json", model, genotype=chosen.to_dict(), best_epoch=best_epoch)
         metrics = {
             "best_epoch": best_epoch, "val_psnr": picked["val_psnr"], "val_ssim": picked["val_ssim"], "score": picked["score"],
             "skip_ops": picked["skip_ops"], "epochs": cfg.epochs, "epochs_run": len(state.history),
-            "stopped_early": state.stopped or None, "rollbacks": state.rollbacks, "steps": len(state.history) * steps,
-            "seconds": ckpt.seconds(), "device": str(device), "supernet_params": count_params(model), "genotype": chosen.to_dict(),
-            "convention": dataclasses.asdict(convention_for(space.task, space.scale)),
+            "stopped_early": state.stopped or None, "rollbacks": state.rollbacks, "steps": len(state.history) * self.per_epoch,
+            "seconds": self.ckpt.seconds(), "device": str(self.device), "supernet_params": count_params(model),
+            "genotype": chosen.to_dict(), "convention": dataclasses.asdict(convention_for(space.task, space.scale)),
         }
         write_json(run / "metrics.json", metrics)
         run.log(event="end", best_epoch=best_epoch, seconds=metrics["seconds"])
-    finally:
-        bar.close()
-        run.close()
-    return SearchResult(chosen, best_epoch, state.history, run.path)
+        return SearchResult(chosen, best_epoch, state.history, run.path)
+
+
+def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False, force: bool = False,
+           progress: bool = True) -> SearchResult:
+    """Run a search into run directory ``out``; returns the selected genotype (also in ``out/genotype.json``).
+
+    ``resume`` continues the interrupted run in ``out`` exactly where its checkpoint left it; settings or code
+    that differ from the run's are refused unless ``force``. Every input is checked before ``out`` is touched.
+    """
+    return fit(SearchJob(cfg), out, overwrite=overwrite, resume=resume, force=force, progress=progress)
 
 
 def _select(state: SearchProgress, space: SearchSpace) -> tuple[Genotype, int]:
@@ -247,6 +238,9 @@ def _select(state: SearchProgress, space: SearchSpace) -> tuple[Genotype, int]:
 def _draw(run: RunDir, genotype: Genotype, model: Supernet) -> None:
     """Drawings are a convenience: a missing Graphviz is logged, never fatal to a finished search."""
     import matplotlib.pyplot as plt
+
+    from hinas.viz.plots import plot_alphas, plot_betas
+    from hinas.viz.render import draw_genotype
 
     try:
         draw_genotype(genotype, run / "genotype")

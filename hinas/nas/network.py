@@ -73,6 +73,18 @@ class Network(nn.Module):
     def space(self) -> SearchSpace:
         return self.genotype.space
 
+    @property
+    def task(self) -> str:
+        return self.genotype.space.task
+
+    @property
+    def scale(self) -> int:
+        return self.genotype.space.scale
+
+    @property
+    def in_channels(self) -> int:
+        return self.genotype.space.in_channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h1, h0 = self.stem(x)
         endpoint = None if self.endpoint_layer is not None else self.reduce(h0)

@@ -222,8 +222,7 @@ def measure(checkpoint: Path, size: int, repeats: int) -> dict[str, Any]:
     keep_freed_memory()
     torch.set_num_threads(1)
     net = load_model(checkpoint).eval()
-    space = net.space
-    shape = (1, space.in_channels, size // space.scale, size // space.scale)
+    shape = (1, net.in_channels, size // net.scale, size // net.scale)
     runner = InferenceModel(net) if isinstance(net, Network) else net
     x = torch.rand(shape)
     walls, cpus = [], []
