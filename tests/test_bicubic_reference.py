@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from hinas.data.images import data_root, named_set
 
+from hinas.data.images import data_root, named_set
 from hinas.eval.scoring import bicubic_baseline
 
 MATLAB = {"Set5": (33.66, 30.39, 28.42), "Set14": (30.24, 27.55, 26.00), "B100": (29.56, 27.21, 25.96)}

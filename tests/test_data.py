@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from PIL import Image, ImageFile
+from torch.utils.data import DataLoader
+
 from hinas.data.degrade import sr_pair
 from hinas.data.images import (
     EMBEDDED,
@@ -20,9 +23,6 @@ from hinas.data.images import (
     save_image,
     split_images,
 )
-from PIL import Image, ImageFile
-from torch.utils.data import DataLoader
-
 from hinas.errors import ConfigError, DataError
 
 

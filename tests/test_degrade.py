@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import skimage.data
 import torch
-from hinas.data.degrade import add_noise, bicubic_down, bicubic_up, modcrop, noise_seed, seeded_noisy, sr_pair, stable_seed
 
+from hinas.data.degrade import add_noise, bicubic_down, bicubic_up, modcrop, noise_seed, seeded_noisy, sr_pair, stable_seed
 from hinas.errors import ConfigError
 from hinas.eval.scoring import bicubic_baseline
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import uniform_genotype
-from hinas.data.degrade import noise_seed
 from torch import nn
 
-from hinas.eval.scoring import Bicubic, evaluate_model, restore
+from hinas.data.degrade import noise_seed
+from hinas.eval.scoring import Bicubic, evaluate_model
+from hinas.infer.tiling import tiled_forward
 from hinas.nas.network import Network
 from hinas.nas.space import preset
 
@@ -67,11 +68,11 @@ class Pointwise(nn.Module):
 @pytest.mark.parametrize("scale", [1, 3])
 def test_tiles_reassemble_exactly_for_a_pointwise_model(scale):
     model, x = Pointwise(scale), torch.rand(2, 3, 37, 53)
-    torch.testing.assert_close(restore(model, x, scale, tile=16, overlap=5), restore(model, x, scale))
+    torch.testing.assert_close(tiled_forward(model, x, scale, tile=16, overlap=5), tiled_forward(model, x, scale))
 
 
 def test_tiled_network_output_stays_close_to_the_whole_image():
     net = Network(uniform_genotype(preset("paper-denoise"), "conv_3x3", (0, 0, 0)), filters=4).eval()
     x = torch.rand(1, 1, 64, 64)
-    whole, tiled = restore(net, x), restore(net, x, tile=40, overlap=24)
+    whole, tiled = tiled_forward(net, x), tiled_forward(net, x, tile=40, overlap=24)
     assert (whole - tiled).abs().mean() < 0.05 * (whole - x).abs().mean() + 1e-6

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
-from hinas.data.fetch import SOURCES, Source, fetch, main
-from hinas.data.images import NAMED_SETS
 from PIL import Image
 
 from hinas import fetch as fetch_module
+from hinas.data.fetch import SOURCES, Source, fetch, main
+from hinas.data.images import NAMED_SETS
 from hinas.errors import ConfigError, DataError
 
 PREFIX = "BSR/BSDS500/data/images/"

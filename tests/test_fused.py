@@ -14,7 +14,7 @@ from torch import nn
 from hinas.nas.cells import ReferenceCell
 from hinas.nas.ops import act_conv_bn, register_op, unregister_op
 from hinas.nas.space import preset
-from hinas.nas.supercell import FusedCell
+from hinas.nas.supercell import StackedCell
 from hinas.nas.supernet import Supernet
 
 SAME, FLOOR = 1e-9, 1e-14
@@ -106,7 +106,7 @@ def test_fused_cell_matches_the_reference_cell(double, nodes, training):
     ref = ReferenceCell(space, 5)
     for p in ref.parameters():  # away from the default init, so every kernel matters
         p.data.normal_()
-    fused = FusedCell(space, 5)
+    fused = StackedCell(space, 5)
     fused.load_reference_state(ref.state_dict())
     s0, s1 = torch.randn(3, 5, 9, 7), torch.randn(3, 5, 9, 7)
     if not training:

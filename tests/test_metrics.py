@@ -7,8 +7,8 @@ import pytest
 import skimage.data
 import skimage.metrics
 import torch
-from hinas.data.degrade import quantize
 
+from hinas.data.degrade import quantize
 from hinas.errors import ConfigError
 from hinas.eval.metrics import Convention, convention_for, measure, psnr, rgb_to_y, ssim
 

@@ -6,7 +6,7 @@ from torch import nn
 from hinas.nas.genotype import Genotype, derive_cell
 from hinas.nas.network import Cell
 from hinas.nas.space import SearchSpace, preset
-from hinas.nas.supercell import FusedCell
+from hinas.nas.supercell import StackedCell
 from hinas.nas.supernet import ReferenceCell, SearchCell, Supernet
 
 
@@ -91,7 +91,7 @@ def test_discretised_supernet_cell_equals_the_derived_cell(impl):
             missing, unexpected = derived.nodes[node][slot].load_state_dict(source.state_dict(), strict=False)
             assert not unexpected and all(k.endswith(("weight", "bias")) for k in missing)  # only BN's affine pair
     if impl == "fused":
-        fused = FusedCell(space, 6)
+        fused = StackedCell(space, 6)
         fused.load_reference_state(search.state_dict())
         search = fused
     s0, s1 = torch.randn(2, 6, 9, 9), torch.randn(2, 6, 9, 9)

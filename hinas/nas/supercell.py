@@ -234,7 +234,7 @@ class StateEdges(nn.Module):
                 yield f"single.{key}.{name}", f"edges.{self.edges[slot]}.ops.{o}.{name}", _whole
 
 
-class FusedCell(SearchCell):
+class StackedCell(SearchCell):
     """The default search cell: the reference cell computed state by state with stacked operations."""
 
     def __init__(self, space: SearchSpace, channels: int) -> None:

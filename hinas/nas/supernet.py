@@ -35,9 +35,9 @@ from hinas.nas.cells import ReferenceCell, SearchCell
 from hinas.nas.genotype import Genotype, derive
 from hinas.nas.layers import STEM_CHANNELS, Decoder, Stem, scaler
 from hinas.nas.space import MOVES, SearchSpace
-from hinas.nas.supercell import FusedCell
+from hinas.nas.supercell import StackedCell
 
-CELLS: dict[str, type[SearchCell]] = {"fused": FusedCell, "reference": ReferenceCell}
+CELLS: dict[str, type[SearchCell]] = {"fused": StackedCell, "reference": ReferenceCell}
 """Cell implementations by name; ``reference`` is the plain one the fused default is tested against."""
 
 __all__ = ["CELLS", "ReferenceCell", "SearchCell", "Supernet", "router", "transition_probs"]
