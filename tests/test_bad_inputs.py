@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import hinas.engine.rundir
+import hinas.files
 from hinas import config
 from hinas.cli import main
 from hinas.engine.checkpoint import FORMAT, read_checkpoint
@@ -299,7 +299,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, mon
                 return FullDiskFile(f)
         return f
 
-    monkeypatch.setattr(hinas.engine.rundir, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(hinas.files, "open", full_disk_open, raising=False)
     run = tmp_path / "run"
     assert main(SMOKE + ["--set", "checkpoint_every=1", "--out", str(run), "--quiet"]) == 2
     assert f"cannot write {run / CHECKPOINT}: No space left on device" in capsys.readouterr().err

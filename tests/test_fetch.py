@@ -14,7 +14,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from hinas import fetch as fetch_module
+from hinas.data import fetch as fetch_module
 from hinas.data.fetch import SOURCES, Source, fetch, main
 from hinas.data.images import NAMED_SETS
 from hinas.errors import ConfigError, DataError
