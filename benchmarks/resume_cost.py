@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from hinas.data.images import data_root, in_memory, load_images, split_images
 
-from hinas.engine.checkpoint import Checkpointer, read_checkpoint, restore_state
+from hinas.engine.checkpoint import Checkpointer, load_state, read_checkpoint
 from hinas.engine.rundir import CHECKPOINT, RunDir
 from hinas.engine.settings import SearchConfig, resolve
 from hinas.jobs.search import SearchProgress
@@ -57,7 +57,7 @@ def checkpoint_cost(preset: str, repeats: int) -> dict:
             ckpt.save(state)
             writes.append(time.perf_counter() - start)
             start = time.perf_counter()
-            restore_state(SearchProgress, read_checkpoint(run / CHECKPOINT, "search"), model, optimizers, scaler, run / CHECKPOINT)
+            load_state(SearchProgress, read_checkpoint(run / CHECKPOINT, "search"), model, optimizers, scaler, run / CHECKPOINT)
             reads.append(time.perf_counter() - start)
         size = (run / CHECKPOINT).stat().st_size
         run.close()

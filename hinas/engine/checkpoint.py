@@ -146,15 +146,15 @@ def resume_state(run: Path, kind: str, cfg: Any, *, force: bool = False) -> dict
     return saved
 
 
-def restore_state(cls: type[P], saved: dict[str, Any], model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                  scaler: torch.amp.GradScaler, source: Path) -> P:
-    """Load weights, optimisers, scaler and generators from ``saved`` (read from ``source``); return the loop's progress."""
+def load_state(cls: type[P], saved: dict[str, Any], model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                  grad_scaler: torch.amp.GradScaler, source: Path) -> P:
+    """Load weights, optimisers, AMP grad scaler and generators from ``saved`` (read from ``source``); return the loop's progress."""
     try:
         model.load_state_dict(saved["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(saved["optimizers"][name])
         if saved["scaler"]:
-            scaler.load_state_dict(saved["scaler"])
+            grad_scaler.load_state_dict(saved["scaler"])
         state = cls(**saved["progress"])
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{source}: does not fit this {saved['kind']} (written for another search space "
@@ -200,9 +200,9 @@ class Checkpointer:
     """
 
     def __init__(self, run: RunDir, kind: str, cfg: Any, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                 scaler: torch.amp.GradScaler) -> None:
+                 grad_scaler: torch.amp.GradScaler) -> None:
         self.run, self.kind, self.cfg = run, kind, cfg
-        self.model, self.optimizers, self.scaler = model, optimizers, scaler
+        self.model, self.optimizers, self.grad_scaler = model, optimizers, grad_scaler
         self.path = run / CHECKPOINT
         self.saved_at = ""
         self._start = time.perf_counter()
@@ -216,13 +216,13 @@ class Checkpointer:
         atomic_torch_save({
             "format": FORMAT, "version": VERSION, "kind": self.kind, "config": to_dict(self.cfg), "code": code_version(),
             "model": self.model.state_dict(), "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "scaler": self.scaler.state_dict(), "rng": rng_state(), "progress": dataclasses.asdict(state),
+            "scaler": self.grad_scaler.state_dict(), "rng": rng_state(), "progress": dataclasses.asdict(state),
         }, self.path)
         self.saved_at = state.position()
 
-    def restore(self, cls: type[P]) -> P:
+    def reload(self, cls: type[P]) -> P:
         """Back to the state in the checkpoint file."""
-        state = restore_state(cls, read_checkpoint(self.path, self.kind), self.model, self.optimizers, self.scaler, self.path)
+        state = load_state(cls, read_checkpoint(self.path, self.kind), self.model, self.optimizers, self.grad_scaler, self.path)
         self.saved_at = state.position()
         return state
 
@@ -242,7 +242,7 @@ class Checkpointer:
             raise NonFiniteError(f"{fault}; stopped ({why}). The step was not applied and nothing was derived from it; "
                                  f"{self.path} still holds the last good state ({self.saved_at}). Lower the learning "
                                  f"rates and continue with: hinas {self.kind} --resume {self.run.path} --set ... --force")
-        back = self.restore(type(state))
+        back = self.reload(type(state))
         back.lr_scale = state.lr_scale * cfg.rollback_lr_factor
         back.rollbacks = state.rollbacks + 1
         self.run.log(event="rollback", position=back.position(), lr_scale=back.lr_scale, rollbacks=back.rollbacks)

@@ -10,7 +10,7 @@ import torch
 from hinas.errors import NonFiniteError
 
 
-def checked_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+def checked_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_scaler: torch.amp.GradScaler,
                  params: Sequence[torch.nn.Parameter], what: str, clip: float = 0.0,
                  sync: Callable[[Sequence[torch.nn.Parameter]], None] | None = None,
                  any_rank: Callable[[bool], bool] | None = None) -> float:
@@ -20,23 +20,23 @@ def checked_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: t
     Raises :class:`NonFiniteError` before the step when the loss or the gradient norm is non-finite, so
     parameters and optimiser state stay as they were. The norm is taken after ``sync``, so a fault on any rank
     stops every rank at the same step; ``any_rank`` makes the decision one for all ranks (a NaN loss on one rank
-    alone would otherwise roll back that rank only). Under fp16 autocast the scaler owns gradient overflow (it skips the step
+    alone would otherwise roll back that rank only). Under fp16 autocast the grad scaler owns gradient overflow (it skips the step
     and lowers its scale), so there only a non-finite loss is a fault. The loss and the norm come back in one
     device sync.
     """
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    grad_scaler.scale(loss).backward()
     if sync is not None:
         sync(params)
-    scaler.unscale_(optimizer)
+    grad_scaler.unscale_(optimizer)
     # max_norm=inf measures without clipping (grads are multiplied by exactly 1)
     norm = torch.nn.utils.clip_grad_norm_(params, clip or math.inf)
     value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
-    bad = not math.isfinite(value) or (not math.isfinite(norm_value) and not scaler.is_enabled())
+    bad = not math.isfinite(value) or (not math.isfinite(norm_value) and not grad_scaler.is_enabled())
     if any_rank is not None:
         bad = any_rank(bad)
     if bad:
         raise NonFiniteError(f"non-finite {what}: loss {value}, gradient norm {norm_value}")
-    scaler.step(optimizer)
-    scaler.update()
+    grad_scaler.step(optimizer)
+    grad_scaler.update()
     return value

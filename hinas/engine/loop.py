@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hinas.engine import distributed
-from hinas.engine.checkpoint import Checkpointer, Progress, StopSignals, restore_state
+from hinas.engine.checkpoint import Checkpointer, Progress, StopSignals, load_state
 from hinas.engine.losses import restoration_loss
 from hinas.engine.rundir import CHECKPOINT, RunDir
 from hinas.engine.settings import RunConfig
@@ -51,7 +51,7 @@ class Job(ABC, Generic[P, R]):
     layout: torch.memory_format
     model: nn.Module
     optimizers: dict[str, torch.optim.Optimizer]
-    scaler: torch.amp.GradScaler
+    grad_scaler: torch.amp.GradScaler
     run: RunDir
     ckpt: Checkpointer
     bar: Any
@@ -143,13 +143,13 @@ def fit(job: Job[P, R], out: str | Path, *, overwrite: bool = False, resume: boo
     job.prepare()
     model = job.model = ctx.replicate(job.build().to(ctx.device)).to(memory_format=job.layout)
     optimizers = job.optimizers = job.make_optimizers(model)
-    scaler = job.scaler = torch.amp.GradScaler(ctx.device.type, enabled=job.amp is torch.float16)
+    grad_scaler = job.grad_scaler = torch.amp.GradScaler(ctx.device.type, enabled=job.amp is torch.float16)
     saved = start.saved
-    resumed = restore_state(job.progress_type, saved, model, optimizers, scaler, out / CHECKPOINT) if saved else None
+    resumed = load_state(job.progress_type, saved, model, optimizers, grad_scaler, out / CHECKPOINT) if saved else None
 
     run = job.run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite, resume=resumed is not None)
     job.opened()
-    ckpt = job.ckpt = Checkpointer(run, job.kind, cfg, model, optimizers, scaler)
+    ckpt = job.ckpt = Checkpointer(run, job.kind, cfg, model, optimizers, grad_scaler)
     if resumed is not None:
         state = resumed
         ckpt.resumed(state, saved)

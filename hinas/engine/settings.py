@@ -152,7 +152,7 @@ class EvalConfig:
     tile_overlap: int = 16
     device: Device = "auto"
     backend: Literal["torch", "compile", "onnxruntime", "training"] = "torch"
-    """How a trained network runs: its inference form (``hinas.inference``) in eager PyTorch, through
+    """How a trained network runs: its inference form (:mod:`hinas.infer.backends`) in eager PyTorch, through
     ``torch.compile`` or ONNX Runtime, or ``training``, the network as trained (eval mode)."""
 
     def __post_init__(self) -> None:

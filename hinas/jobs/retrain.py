@@ -114,7 +114,7 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
         cfg, opt = self.cfg, self.optimizers["weights"]
         for group in opt.param_groups:
             group["lr"] = poly_lr(state.iteration, cfg.iterations, cfg.lr, cfg.lr_power) * state.lr_scale
-        state.losses.append(checked_step(self.loss(*batch), opt, self.scaler, self.params, f"step at {state.position()}",
+        state.losses.append(checked_step(self.loss(*batch), opt, self.grad_scaler, self.params, f"step at {state.position()}",
                                          clip=cfg.grad_clip, sync=self.ctx.sync_grads, any_rank=self.ctx.any_rank))
         state.iteration += 1
 

@@ -6,7 +6,7 @@ the weight split (the authors' order). After every epoch the genotype is
 derived and the supernet is validated; from ``select_from`` on, the genotype
 with the best score SSIM + PSNR/100 is kept, which stops collapse into
 parameter-free cells from winning late in the search. The loop's complete state
-is checkpointed (:mod:`hinas.checkpoint`), so an interrupted search resumes exactly.
+is checkpointed (:mod:`hinas.engine.checkpoint`), so an interrupted search resumes exactly.
 """
 
 from __future__ import annotations
@@ -152,9 +152,9 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
                 group["lr"] = base * state.lr_scale
         guard = {"sync": self.ctx.sync_grads, "any_rank": self.ctx.any_rank}
         if state.epoch >= cfg.arch_start:
-            state.a_losses.append(checked_step(self.loss(xa, ya, cfg.loss_scale), opts["arch"], self.scaler, self.arch,
+            state.a_losses.append(checked_step(self.loss(xa, ya, cfg.loss_scale), opts["arch"], self.grad_scaler, self.arch,
                                                f"arch step at {state.position()}", **guard))
-        state.w_losses.append(checked_step(self.loss(xw, yw, cfg.loss_scale), opts["weights"], self.scaler, self.weights,
+        state.w_losses.append(checked_step(self.loss(xw, yw, cfg.loss_scale), opts["weights"], self.grad_scaler, self.weights,
                                            f"weight step at {state.position()}", **guard))
         state.step += 1
         self.bar.set_postfix(epoch=state.epoch, loss=f"{state.w_losses[-1]:.4f}", refresh=False)

@@ -31,7 +31,7 @@ MAX_BYTES = 1 << 20
 """Genotype files hold a few kilobytes; a larger file is refused before it is read."""
 
 Node = tuple[tuple[str, int], ...]
-"""The (operation, input state) pairs a node sums; states are [s1, s0, node0, node1, ...]."""
+"""The (operation, input state) pairs a node sums; states are numbered as :mod:`hinas.nas.space` explains."""
 CellGenotype = tuple[Node, ...]
 
 

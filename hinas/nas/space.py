@@ -3,6 +3,12 @@
 A ``SearchSpace`` is plain, frozen, serialisable data. The supernet, the
 genotype and the derived network all read their structure from it, so a
 genotype file carries the exact space it was searched in.
+
+The order of a cell's states, the one convention every module shares: a cell is *called* as
+``cell(s0, s1)``, s0 being the previous layer's output and s1 the one before (the paper's names),
+but *inside* it the states are numbered oldest first, ``[s1, s0, node0, node1, ...]``. So state 0 is
+s1, state 1 is s0 and node i is state i + 2; genotype files use these numbers (as the authors' do),
+and ``("conv_3x3", 1)`` reads s0.
 """
 
 from __future__ import annotations
@@ -109,7 +115,7 @@ class SearchSpace:
 
     @cached_property
     def edges(self) -> tuple[tuple[int, int], ...]:
-        """(node, input state) of every edge of a cell; states are [s1, s0, node0, node1, ...]."""
+        """(node, input state) of every edge of a cell, in the state order the module docstring explains."""
         return tuple((i, j) for i in range(self.nodes) for j in range(2 + i))
 
     def edge_index(self, node: int, state: int) -> int:

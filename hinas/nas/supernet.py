@@ -17,8 +17,8 @@ masked out and receive no gradient. The decoder sums projections of every
 final-width output and ends in the same residual head as the derived network.
 
 Cells come in two implementations of the same mathematics (``impl``): the
-fused cell (``hinas.fused``, the default) and the reference cell
-(``hinas.cells``) it is tested against.
+stacked cell (:mod:`hinas.nas.supercell`, the default) and the reference cell
+(:mod:`hinas.nas.cells`) it is tested against.
 """
 
 from __future__ import annotations

@@ -211,7 +211,7 @@ def run_job(runs: str, job: Job, profile: Profile) -> str:
 def measure(checkpoint: Path, size: int, repeats: int) -> dict[str, Any]:
     """Parameters, FLOPs and latency for a ``size`` x ``size`` output at one thread, in the form evaluation runs.
 
-    A derived network runs in its inference form (:class:`hinas.inference.InferenceModel`, eager PyTorch),
+    A derived network runs in its inference form (:class:`hinas.infer.backends.InferenceModel`, eager PyTorch),
     DnCNN as trained (eval mode). Latency is the median wall time of ``repeats`` runs after a warm-up, and
     the median CPU time of the process: on a shared machine the CPU time is the steadier figure.
     """
@@ -470,11 +470,11 @@ def budget(profile: Profile) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hinas.results --profile cpu --runs results/runs [--workers 2] [--stop-at 23:05]``: build the runs."""
+    """``python -m hinas.studies.results --profile cpu --runs results/runs [--workers 2] [--stop-at 23:05]``: build the runs."""
     import argparse
     from datetime import datetime, timezone
 
-    parser = argparse.ArgumentParser(prog="python -m hinas.results", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hinas.studies.results", description=main.__doc__)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
     parser.add_argument("--runs", default="results/runs")
     parser.add_argument("--workers", type=int, default=2)
