@@ -8,6 +8,7 @@ data into such objects and back.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -89,7 +90,9 @@ def from_dict(cls: type[T], data: Any, where: str | None = None) -> T:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(data) - set(names), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(names)}")
+        close = [m for u in unknown for m in difflib.get_close_matches(str(u), names, n=1)]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}{hint}; valid keys: {', '.join(sorted(names))}")
     kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 

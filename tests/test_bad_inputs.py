@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["search", "--preset", "smoke"]
 
 SETTINGS = [
-    ("unknown-key", SMOKE + ["--set", "epochz=3"], "search: unknown key(s) 'epochz'; valid keys: space, data"),
+    ("unknown-key", SMOKE + ["--set", "epochz=3"], "search: unknown key(s) 'epochz' (did you mean 'epochs'?); valid keys: amp, arch_lr"),
     ("unknown-space-key", SMOKE + ["--set", "space.layer=3"], "space: unknown key(s) 'layer'"),
     ("wrong-type", SMOKE + ["--set", "epochs=three"], "search.epochs: expected an integer, got 'three'"),
     ("float-for-int", SMOKE + ["--set", "batch=2.5"], "search.batch: expected an integer, got 2.5"),
@@ -252,7 +252,7 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path, capsys):
 
 
 def test_every_checkpoint_read_in_hinas_refuses_code():
-    calls = [(p.name, m) for p in (ROOT / "hinas").glob("*.py") for m in re.findall(r"torch\.load\(([^)]*)\)", p.read_text())]
+    calls = [(p.name, m) for p in (ROOT / "hinas").rglob("*.py") for m in re.findall(r"torch\.load\(([^)]*)\)", p.read_text())]
     assert calls and all("weights_only=True" in args for _, args in calls), calls
 
 

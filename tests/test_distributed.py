@@ -175,8 +175,8 @@ def torchrun_fault(fault: str, *args: str, scratch) -> subprocess.CompletedProce
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-SEARCH_4 = ["search", *SMOKE, "--set", "epochs=3", "--set", "patches_per_image=4"]
-"""A smoke search of 3 epochs of 4 steps each, so that faults can land mid-epoch."""
+SEARCH_4 = ["search", *SMOKE, "--set", "epochs=2", "--set", "patches_per_image=4"]
+"""A smoke search of 2 epochs of 10 steps each (5 images x 4 patches, batch 2), so that faults land mid-epoch."""
 
 
 def _log(run) -> list[dict]:
@@ -191,9 +191,9 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_and_the_run_resu
     assert stopped.returncode != 0, "a SIGTERM on rank 1 alone did not stop the run"
     events = _log(run)
     interrupted = [e for e in events if e["event"] == "interrupted"]
-    assert [e["position"] for e in interrupted] == ["epoch 2 step 1"], events[-3:]
+    assert [e["position"] for e in interrupted] == ["epoch 1 step 5"], events[-3:]
     saved = torch.load(run / "checkpoint.pt", weights_only=True)["progress"]
-    assert (saved["epoch"], saved["step"]) == (2, 1)  # rank 0 checkpointed the step at which rank 1 was signalled
+    assert (saved["epoch"], saved["step"]) == (1, 5)  # rank 0 checkpointed the step at which rank 1 was signalled
     torchrun("search", "--resume", str(run), "--quiet", scratch=scratch)  # check_replicas: the ranks still agree
     assert (run / "metrics.json").is_file()
 

@@ -4,9 +4,9 @@ matplotlib.use("Agg")
 
 import torch  # noqa: E402
 
-from hinas.viz import plots  # noqa: E402
 from hinas.nas.space import preset  # noqa: E402
 from hinas.nas.supernet import Supernet  # noqa: E402
+from hinas.viz import plots  # noqa: E402
 
 
 def fake_history(space, epochs=4):

@@ -20,6 +20,7 @@ import torch
 from conftest import small_space, uniform_genotype
 
 import hinas.engine.checkpoint
+import hinas.engine.loop
 import hinas.jobs.retrain
 import hinas.jobs.search
 from hinas.cli import main
@@ -282,7 +283,7 @@ def events(run: Path) -> list[dict]:
 
 
 def test_search_rolls_back_a_nan_loss_with_smaller_learning_rates(tmp_path, monkeypatch):
-    fault_at_call(monkeypatch, hinas.jobs.search, 4, "loss")  # epoch 2, step 0: the weight step after the first arch step
+    fault_at_call(monkeypatch, hinas.engine.loop, 4, "loss")  # epoch 2, step 0: the weight step after the first arch step
     cfg = resolve(SearchConfig, "smoke")
     result = search(cfg, tmp_path / "s", progress=False)
     log = events(tmp_path / "s")
@@ -297,7 +298,7 @@ def test_search_rolls_back_a_nan_loss_with_smaller_learning_rates(tmp_path, monk
 
 
 def test_search_stops_on_a_nan_gradient_when_asked_and_writes_no_genotype_from_it(tmp_path, monkeypatch, capsys):
-    fault_at_call(monkeypatch, hinas.jobs.search, 3, "gradient")  # epoch 2's first arch step
+    fault_at_call(monkeypatch, hinas.engine.loop, 3, "gradient")  # epoch 2's first arch step
     run = tmp_path / "s"
     assert main(["search", "--preset", "smoke", "--set", "on_nonfinite=stop", "--out", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -312,10 +313,10 @@ def test_search_stops_on_a_nan_gradient_when_asked_and_writes_no_genotype_from_i
 
 def test_retrain_rolls_back_and_stops_after_max_rollbacks(tmp_path, monkeypatch):
     path = uniform_genotype(resolve(SearchConfig, "smoke").space, "conv_3x3", (0, 1)).save(tmp_path / "genotype.json")
-    fault_at_call(monkeypatch, hinas.jobs.retrain, 2, "loss")
+    fault_at_call(monkeypatch, hinas.engine.loop, 2, "loss")
     metrics = retrain(resolve(TrainConfig, "smoke", overrides=[f"genotype={path}"]), tmp_path / "r", progress=False)
     assert metrics["rollbacks"] == 1
-    fault_at_call(monkeypatch, hinas.jobs.retrain, 2, "loss")
+    fault_at_call(monkeypatch, hinas.engine.loop, 2, "loss")
     with pytest.raises(NonFiniteError, match=r"stopped \(0 rollbacks already \(max_rollbacks\)\)"):
         retrain(resolve(TrainConfig, "smoke", overrides=[f"genotype={path}", "max_rollbacks=0"]), tmp_path / "r0", progress=False)
 

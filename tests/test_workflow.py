@@ -89,7 +89,7 @@ def test_a_finished_run_is_not_overwritten_unless_asked(runs, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["search", "--preset", "smoke", "--set", "epochz=3"], "unknown key(s) 'epochz'; valid keys: space, data"),
+        (["search", "--preset", "smoke", "--set", "epochz=3"], "unknown key(s) 'epochz' (did you mean 'epochs'?); valid keys: amp, arch_lr"),
         (["search", "--preset", "smoke", "--set", "space.layers=0"], "space.layers: must be at least 1"),
         (["search", "--preset", "smoke", "--set", "batch=50"], "search.batch: 50 is larger than"),
         (["search", "--preset", "smoke", "--set", "data=NoSuchSet"], "NoSuchSet"),

@@ -185,6 +185,7 @@ def _phase(job: Job[P, Any], state: P, stop: StopSignals, ctx: distributed.Conte
         signal = ctx.agreed_signal(stop.received)
         if not last and (signal or asked or job.checkpoint_due(state)):
             job.ckpt.save(state)
+            signal = ctx.agreed_signal(stop.received)  # or one that arrived while the checkpoint was written
         if signal and not last:
             raise job.ckpt.interrupted(state, signal)
     job.end_phase(state)
