@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from hinas.data.images import data_root, named_set
 
+from hinas.data.images import data_root, named_set
 from hinas.eval.metrics import convention_for
 from hinas.eval.scoring import bicubic_baseline
 

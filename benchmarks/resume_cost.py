@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-from hinas.data.images import data_root, in_memory, load_images, split_images
 
+from hinas.data.images import data_root, in_memory, load_images, split_images
 from hinas.engine.checkpoint import Checkpointer, load_state, read_checkpoint
 from hinas.engine.rundir import CHECKPOINT, RunDir
 from hinas.engine.settings import SearchConfig, resolve

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -24,22 +28,80 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """``auto`` is bf16 on CUDA (fp16 where bf16 is unsupported) and full float32 on CPU, where it is fastest here."""
-    if amp == "off" or (amp == "auto" and device.type == "cpu"):
+CPU_BF16_PHASES = frozenset({"retrain"})
+"""Phases that ``amp: auto`` runs in bf16 on a CPU with bf16 units, as measured by benchmarks/train_step.py: retraining's
+dense 20-64-channel convolutions feed AMX (DnCNN-17's step 3x faster), while the search supernet's 10-20-channel
+convolutions and hundreds of BatchNorms do not (its step is slower in bf16)."""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX or AVX-512 bf16), read at run time; ``HINAS_NO_BF16=1`` says no.
+
+    Without those units bf16 is emulated and slower than float32, so ``amp: auto`` must not assume it.
+    """
+    if os.environ.get("HINAS_NO_BF16", "") not in ("", "0"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap public way to ask, so stay with float32
+        return False
+    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
+
+
+def amp_dtype(device: torch.device, amp: str, phase: str = "retrain") -> torch.dtype | None:
+    """The autocast dtype of ``phase`` (``search``, ``retrain``); None is full float32.
+
+    ``auto``: on CUDA bf16 (fp16 where bf16 is unsupported); on a CPU bf16 for the phases in ``CPU_BF16_PHASES`` when
+    :func:`cpu_has_bf16`, float32 otherwise.
+    """
+    if amp == "off":
         return None
+    if amp == "auto" and device.type == "cpu":
+        return torch.bfloat16 if phase in CPU_BF16_PHASES and cpu_has_bf16() else None
     if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
 
 
+def memory_layout(device: torch.device, phase: str = "retrain") -> torch.memory_format:
+    """channels_last on CUDA, and on a CPU for retraining, where oneDNN's convolutions run 1.5-2x faster in it; the
+    search supernet's cells choose their own layouts inside, so its inputs stay NCHW on a CPU."""
+    if device.type == "cuda" or phase == "retrain":
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision in ``dtype`` on ``device``; None is plain float32."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def prepare_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How metrics record a run's compute precision."""
+    return {None: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """TF32 off inside: scores and the SSIM of the loss (variance as E[x^2] - mu^2 cancels) need full float32 on
+    Ampere+ GPUs, where PyTorch lets convolutions use TF32 by default. A no-op on the CPU."""
+    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+
+
+def prepare_device(device: torch.device, deterministic: bool = False) -> None:
+    """cuDNN's autotuner picks the fastest kernels on CUDA, but they are not deterministic; ``deterministic`` turns
+    it off and asks PyTorch for deterministic kernels, so a resumed CUDA run repeats bit for bit as a CPU run does."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
 
 
 def keep_freed_memory() -> bool:

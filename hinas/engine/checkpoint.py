@@ -200,8 +200,8 @@ class Checkpointer:
     """
 
     def __init__(self, run: RunDir, kind: str, cfg: Any, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                 grad_scaler: torch.amp.GradScaler) -> None:
-        self.run, self.kind, self.cfg = run, kind, cfg
+                 grad_scaler: torch.amp.GradScaler, facts: dict[str, str] | None = None) -> None:
+        self.run, self.kind, self.cfg, self.facts = run, kind, cfg, facts or {}
         self.model, self.optimizers, self.grad_scaler = model, optimizers, grad_scaler
         self.path = run / CHECKPOINT
         self.saved_at = ""
@@ -217,6 +217,7 @@ class Checkpointer:
             "format": FORMAT, "version": VERSION, "kind": self.kind, "config": to_dict(self.cfg), "code": code_version(),
             "model": self.model.state_dict(), "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "scaler": self.grad_scaler.state_dict(), "rng": rng_state(), "progress": dataclasses.asdict(state),
+            "facts": self.facts,
         }, self.path)
         self.saved_at = state.position()
 

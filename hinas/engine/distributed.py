@@ -39,12 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
-from hinas.engine.checkpoint import resume_state
-from hinas.engine.rundir import check_run_dir, seed_everything
 from hinas.errors import ConfigError, HinasError
 from hinas.eval.scoring import evaluate_model
 from hinas.files import write_json
-from hinas.hardware import amp_dtype, pick_device, prepare_device
 from hinas.nas.ops import NEGATIVE_SLOPE
 from hinas.nas.supercell import ScaledBatchNorm
 
@@ -200,28 +197,6 @@ def init(device: torch.device) -> Context:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         atexit.register(dist.destroy_process_group)
     return Context(rank, world, device)
-
-
-@dataclass(frozen=True)
-class Start:
-    """What a search or retrain knows once its inputs are checked: the checkpoint to resume (or None),
-    this process's context, whether it shows progress, and its autocast dtype."""
-
-    saved: dict[str, Any] | None
-    ctx: Context
-    progress: bool
-    amp: torch.dtype | None
-
-
-def start_run(out: Path, kind: str, cfg: Any, *, overwrite: bool, resume: bool, force: bool, progress: bool) -> Start:
-    """The common opening of search and retrain, in the order that keeps ``out`` untouched until every input
-    is checked: run directory, resume checkpoint, process group, seeds, device and precision."""
-    check_run_dir(out, overwrite=overwrite, resume=resume)
-    saved = resume_state(out, kind, cfg, force=force) if resume else None
-    ctx = init(pick_device(cfg.device))
-    seed_everything(cfg.seed)
-    prepare_device(ctx.device)
-    return Start(saved, ctx, progress and ctx.is_main, amp_dtype(ctx.device, cfg.amp))
 
 
 class RankBatches(Sampler[list[int]]):

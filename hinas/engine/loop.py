@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -24,12 +25,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hinas.engine import distributed
-from hinas.engine.checkpoint import Checkpointer, Progress, StopSignals, load_state
+from hinas.engine.checkpoint import Checkpointer, Progress, StopSignals, load_state, resume_state
 from hinas.engine.losses import restoration_loss
-from hinas.engine.rundir import CHECKPOINT, RunDir
+from hinas.engine.rundir import CHECKPOINT, RunDir, check_run_dir, seed_everything
 from hinas.engine.settings import RunConfig
-from hinas.errors import NonFiniteError
-from hinas.hardware import autocast
+from hinas.errors import CheckpointError, NonFiniteError
+from hinas.hardware import amp_dtype, autocast, exact_float32, memory_layout, pick_device, precision_name, prepare_device
 
 P = TypeVar("P", bound=Progress)
 R = TypeVar("R")
@@ -49,6 +50,8 @@ class Job(ABC, Generic[P, R]):
     ctx: distributed.Context
     amp: torch.dtype | None
     layout: torch.memory_format
+    facts: dict[str, str]
+    """Device, precision and layout, for the run's metrics."""
     model: nn.Module
     optimizers: dict[str, torch.optim.Optimizer]
     grad_scaler: torch.amp.GradScaler
@@ -120,12 +123,49 @@ class Job(ABC, Generic[P, R]):
         with autocast(self.device, self.amp):
             pred = self.model(x)
         cfg = self.cfg
-        return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, scale, batch_mean=self.ctx.batch_mean)
+        with exact_float32():
+            return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, scale, batch_mean=self.ctx.batch_mean)
 
     def checkpoint_due(self, state: P) -> bool:
         """``checkpoint_every`` counts the steps done in all; a job may count them otherwise (the search: per epoch)."""
         every = self.cfg.checkpoint_every
         return bool(every) and self.steps(state)[0] % every == 0
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a run knows once its inputs are checked: the checkpoint to resume (or None), this process's context,
+    whether it shows progress, and how it computes (device, precision, layout: resolved once, here)."""
+
+    saved: dict[str, Any] | None
+    ctx: distributed.Context
+    progress: bool
+    amp: torch.dtype | None
+    layout: torch.memory_format
+
+    def facts(self) -> dict[str, str]:
+        """How the run computes, as its metrics and checkpoints record it."""
+        layout = "channels_last" if self.layout == torch.channels_last else "nchw"
+        return {"device": self.ctx.device.type, "precision": precision_name(self.amp), "layout": layout}
+
+
+def start_run(out: Path, kind: str, cfg: RunConfig, *, overwrite: bool, resume: bool, force: bool, progress: bool) -> Start:
+    """The opening of every run, in the order that keeps ``out`` untouched until every input is checked: run
+    directory, resume checkpoint, process group, seeds, device, precision and layout. A resumed run that would
+    compute otherwise than it started (a CPU float32 run resumed on a GPU in bf16, say) is refused unless ``force``:
+    its result would be neither run's."""
+    check_run_dir(out, overwrite=overwrite, resume=resume)
+    saved = resume_state(out, kind, cfg, force=force) if resume else None
+    ctx = distributed.init(pick_device(cfg.device))
+    seed_everything(cfg.seed)
+    prepare_device(ctx.device, cfg.deterministic)
+    start = Start(saved, ctx, progress and ctx.is_main, amp_dtype(ctx.device, cfg.amp, kind), memory_layout(ctx.device, kind))
+    then = (saved or {}).get("facts")
+    if then and then != start.facts() and not force:
+        changed = ", ".join(f"{k} {then.get(k)} -> {v}" for k, v in start.facts().items() if then.get(k) != v)
+        raise CheckpointError(f"{out} was computed with {then} and would resume with {changed}; resume on a machine that "
+                              "resolves the same (set device and amp explicitly), or pass --force")
+    return start
 
 
 def fit(job: Job[P, R], out: str | Path, *, overwrite: bool = False, resume: bool = False, force: bool = False,
@@ -136,10 +176,9 @@ def fit(job: Job[P, R], out: str | Path, *, overwrite: bool = False, resume: boo
     that differ from the run's are refused unless ``force``. Every input is checked before ``out`` is touched.
     """
     out, cfg = Path(out), job.cfg
-    start = distributed.start_run(out, job.kind, cfg, overwrite=overwrite, resume=resume, force=force, progress=progress)
+    start = start_run(out, job.kind, cfg, overwrite=overwrite, resume=resume, force=force, progress=progress)
     ctx = job.ctx = start.ctx
-    job.amp = start.amp
-    job.layout = torch.channels_last if ctx.device.type == "cuda" else torch.contiguous_format
+    job.amp, job.layout, job.facts = start.amp, start.layout, start.facts()
     job.prepare()
     model = job.model = ctx.replicate(job.build().to(ctx.device)).to(memory_format=job.layout)
     optimizers = job.optimizers = job.make_optimizers(model)
@@ -149,14 +188,14 @@ def fit(job: Job[P, R], out: str | Path, *, overwrite: bool = False, resume: boo
 
     run = job.run = RunDir(ctx.run_path(out), cfg, overwrite=overwrite, resume=resumed is not None)
     job.opened()
-    ckpt = job.ckpt = Checkpointer(run, job.kind, cfg, model, optimizers, grad_scaler)
+    ckpt = job.ckpt = Checkpointer(run, job.kind, cfg, model, optimizers, grad_scaler, facts=job.facts)
     if resumed is not None:
         state = resumed
         ckpt.resumed(state, saved)
         if not ctx.is_main:  # ranks > 0 write into a fresh scratch folder: give them a state to roll back to
             ckpt.save(state)
     else:
-        run.log(event="start", device=str(ctx.device), amp=str(job.amp), **job.start_record())
+        run.log(event="start", **job.facts, **job.start_record())
         state = job.progress_type()
         ckpt.save(state)  # the first rollback target and resume point
 

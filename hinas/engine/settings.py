@@ -42,12 +42,18 @@ class RunConfig:
     seed: int = 0
     device: Device = "auto"
     amp: Amp = "auto"
+    """``auto``: bf16 where it is measured faster (CUDA; retraining on CPUs with AMX or AVX-512 bf16), else float32.
+    The resolved precision is recorded in the run's metrics and checkpoints."""
+    deterministic: bool = False
+    """CUDA: deterministic kernels and no cuDNN autotuning, so that a resumed run repeats bit for bit (slower).
+    CPU runs are deterministic anyway."""
     workers: int = 0
     tensorboard: bool = False
     """Also write the logged scalars for TensorBoard (needs the tensorboard package)."""
     checkpoint_every: int = 0
     """Also checkpoint every this many steps (0: only at epoch ends when searching, at validations when retraining).
-    SIGINT and SIGTERM checkpoint before stopping; ``--resume RUN_DIR`` continues bit for bit on the CPU."""
+    SIGINT and SIGTERM checkpoint before stopping; ``--resume RUN_DIR`` continues bit for bit on the CPU, and on CUDA
+    with ``deterministic``."""
     on_nonfinite: Literal["rollback", "stop"] = "rollback"
     """A NaN or infinite loss or gradient is never applied; then ``rollback`` returns to the last checkpoint with
     every learning rate times ``rollback_lr_factor``, or ``stop`` ends the run with a report."""

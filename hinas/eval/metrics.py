@@ -11,6 +11,7 @@ filters with reflect padding and then crops the 5 border pixels it padded.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -104,10 +105,14 @@ def psnr(
     return _per_image(10 * torch.log10(255.0**2 / mse), pred)
 
 
+@functools.lru_cache(maxsize=16)
 def _gaussian(window: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    x = torch.arange(window, dtype=dtype, device=device) - (window - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
+    """The SSIM window, built once per device and dtype (the loss asks for it every step); never an inference tensor,
+    so a window first built under ``inference_mode`` still serves the training loss."""
+    with torch.inference_mode(False):
+        x = torch.arange(window, dtype=dtype, device=device) - (window - 1) / 2
+        g = torch.exp(-(x**2) / (2 * sigma**2))
+        return g / g.sum()
 
 
 def ssim_map(

@@ -152,7 +152,7 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
             "gflops_256": count_flops(model, (1, self.channels, 256 // self.scale, 256 // self.scale)) / 1e9,
             "best_iteration": best["iteration"], "val_psnr": best["val_psnr"], "val_ssim": best["val_ssim"],
             "input_psnr": best["input_psnr"], "iterations": cfg.iterations, "rollbacks": state.rollbacks,
-            "seconds": self.ckpt.seconds(), "device": str(self.device),
+            "seconds": self.ckpt.seconds(), **self.facts,
             "convention": dataclasses.asdict(convention_for(self.task, self.scale)),
         }
         write_json(run / "metrics.json", metrics)

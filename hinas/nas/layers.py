@@ -88,6 +88,8 @@ class Decoder(nn.Module):
     def forward(self, image: torch.Tensor, features: list[torch.Tensor], x0: torch.Tensor) -> torch.Tensor:
         pre = sum(p(self.act(f)) for p, f in zip(self.pre, features))
         residual = self.head(self.fuse(torch.cat([self.proj(x0), pre], dim=1)))
-        if self.task == "sr":
-            return imresize(image, self.scale) + F.pixel_shuffle(residual, self.scale)
-        return image - residual
+        with torch.autocast(image.device.type, enabled=False):  # the reconstruction stays float32 under mixed precision
+            residual = residual.float()
+            if self.task == "sr":
+                return imresize(image.float(), self.scale) + F.pixel_shuffle(residual, self.scale)
+            return image.float() - residual

@@ -11,6 +11,7 @@ differentiable.
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import lru_cache
 
@@ -58,7 +59,16 @@ def imresize(img: torch.Tensor, scale: float | None = None, size: tuple[int, int
     sh = scale if scale is not None else size[0] / h
     sw = scale if scale is not None else size[1] / w
     dtype = img.dtype if img.dtype in (torch.float32, torch.float64) else torch.float32
-    wh = torch.from_numpy(resize_matrix(h, size[0], sh)).to(img.device, dtype)
-    ww = torch.from_numpy(resize_matrix(w, size[1], sw)).to(img.device, dtype)
+    wh = _matrix(h, size[0], sh, img.device, dtype)
+    ww = _matrix(w, size[1], sw, img.device, dtype)
     out = torch.matmul(wh, img.to(dtype))
     return torch.matmul(out, ww.transpose(0, 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _matrix(n_in: int, n_out: int, scale: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`resize_matrix` on ``device``, built once per size: training steps resize the same patch sizes every step,
+    and a fresh host-to-GPU copy each time would stall the GPU stream. Callers must not modify it. Never an inference
+    tensor, so a matrix first built under ``inference_mode`` still serves training."""
+    with torch.inference_mode(False):
+        return torch.from_numpy(resize_matrix(n_in, n_out, scale)).to(device, dtype)

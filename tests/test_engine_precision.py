@@ -1,0 +1,72 @@
+"""Precision and layout are chosen once, by the engine, per phase; bf16 stays close to float32; runs record what they used."""
+
+import json
+
+import pytest
+import torch
+from conftest import small_space, uniform_genotype
+
+from hinas.engine.settings import TrainConfig, resolve
+from hinas.errors import CheckpointError
+from hinas.hardware import amp_dtype, cpu_has_bf16, memory_layout
+from hinas.jobs.retrain import retrain
+from hinas.nas.genotype import Genotype
+from hinas.nas.network import Network
+from hinas.nas.space import preset
+
+CPU = torch.device("cpu")
+BF16_FORWARD_ATOL = 0.03
+"""Largest output difference of a randomly initialised net, bf16 autocast against float32, on [0,1] images. bf16 keeps
+8 bits of mantissa (relative error 2^-9 per rounding); measured: about 0.01 for the small nets below."""
+
+
+def test_auto_precision_is_bf16_for_retraining_only_where_the_cpu_has_bf16(monkeypatch):
+    monkeypatch.delenv("HINAS_NO_BF16", raising=False)
+    expected = torch.bfloat16 if cpu_has_bf16() else None
+    assert amp_dtype(CPU, "auto", "retrain") is expected
+    assert amp_dtype(CPU, "auto", "search") is None  # the supernet's step is slower in bf16 (benchmarks/train_step.py)
+    assert amp_dtype(CPU, "off", "retrain") is None and amp_dtype(CPU, "bf16", "search") is torch.bfloat16
+    monkeypatch.setenv("HINAS_NO_BF16", "1")  # a CPU without bf16 units keeps float32
+    assert not cpu_has_bf16() and amp_dtype(CPU, "auto", "retrain") is None
+    assert memory_layout(CPU, "retrain") == torch.channels_last and memory_layout(CPU, "search") == torch.contiguous_format
+
+
+@pytest.mark.parametrize("task", ["denoise", "sr"])
+def test_bf16_forward_stays_close_to_float32_and_reconstructs_in_float32(task):
+    space = small_space(task=task, scale=2 if task == "sr" else 1, in_channels=3 if task == "sr" else 1)
+    net = Network(uniform_genotype(space, "conv_3x3", (0, 1, 1)), 4).eval()
+    x = torch.rand(2, space.in_channels, 24, 24)
+    with torch.no_grad():
+        full = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = net(x.contiguous(memory_format=torch.channels_last))
+    assert half.dtype == torch.float32  # the residual add and the SR bicubic upscale leave autocast
+    assert (half - full).abs().max() < BF16_FORWARD_ATOL
+
+
+@pytest.fixture
+def genotype_file(tmp_path):
+    return uniform_genotype(preset("paper-denoise").replace(layers=2, nodes=2, filters=2), "conv_3x3", (0, 1)).save(
+        tmp_path / "genotype.json")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_records_its_precision_and_layout_and_refuses_to_resume_under_others(tmp_path, genotype_file, monkeypatch):
+    monkeypatch.delenv("HINAS_NO_BF16", raising=False)
+    cfg = resolve(TrainConfig, "smoke", overrides=["device=cpu", f"genotype={genotype_file}"])
+    metrics = retrain(cfg, tmp_path / "r", progress=False)
+    assert (metrics["precision"], metrics["layout"], metrics["device"]) == ("bf16" if cpu_has_bf16() else "float32",
+                                                                          "channels_last", "cpu")
+    start = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])
+    assert start["precision"] == metrics["precision"]
+    assert Genotype.load(tmp_path / "r" / "genotype.json") == Genotype.load(genotype_file)
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 units, so no other precision to resume under")
+    short = resolve(TrainConfig, "smoke", overrides=["device=cpu", f"genotype={genotype_file}", "iterations=2"])
+    retrain(short, tmp_path / "s", progress=False)
+    (tmp_path / "s" / "metrics.json").unlink()  # now an interrupted run at its last checkpoint, computed in bf16
+    monkeypatch.setenv("HINAS_NO_BF16", "1")  # resumed where auto resolves to float32
+    with pytest.raises(CheckpointError, match="precision bf16 -> float32"):
+        retrain(short, tmp_path / "s", progress=False, resume=True)
+    assert retrain(short, tmp_path / "s", progress=False, resume=True, force=True)["precision"] == "float32"
