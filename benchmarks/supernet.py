@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from hinas.hardware import amp_dtype, autocast, memory_layout, prepare_device
 from hinas.nas.complexity import count_flops
 from hinas.nas.space import SearchSpace, preset
 from hinas.nas.supernet import Supernet
@@ -83,16 +84,22 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     impl, checkpoint = IMPLS[spec["impl"]]
     space = space_of(spec)
-    net = Supernet(space, impl=impl, checkpoint=checkpoint).to(device)
+    amp, layout = amp_dtype(device, "auto", "search"), memory_layout(device, "search")  # as the search sets its step up
+    prepare_device(device)
+    net = Supernet(space, impl=impl, checkpoint=checkpoint).to(device).to(memory_format=layout)
     opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     x, y = batch_of(space, spec["batch"], device)
+    x = x.contiguous(memory_format=layout)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.l1_loss(net(x), y).backward()
+        with autocast(device, amp):
+            pred = net(x)
+        F.l1_loss(pred.float(), y).backward()
         opt.step()
 
-    step()
+    for _ in range(3 if device.type == "cuda" else 1):  # cuDNN autotuning and the caching allocator settle on CUDA
+        step()
     walls, cpus = [], []
     for _ in range(spec["steps"]):
         synchronize(device)

@@ -33,6 +33,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a field annotation; return it in the field's own type."""
     origin = get_origin(hint)
     if origin is Literal:
+        if value is False and "off" in get_args(hint):  # YAML 1.1 reads a bare `off` as false
+            return "off"
         if value not in get_args(hint):
             raise ConfigError(f"{where}: {value!r} is not valid; choose one of {_type_name(hint)}")
         return value

@@ -70,3 +70,7 @@ def test_a_run_records_its_precision_and_layout_and_refuses_to_resume_under_othe
     with pytest.raises(CheckpointError, match="precision bf16 -> float32"):
         retrain(short, tmp_path / "s", progress=False, resume=True)
     assert retrain(short, tmp_path / "s", progress=False, resume=True, force=True)["precision"] == "float32"
+
+
+def test_a_bare_off_read_by_yaml_as_false_selects_the_off_choice():
+    assert resolve(TrainConfig, overrides=["amp=off"]).amp == "off"

@@ -204,11 +204,11 @@ def run_job(runs: str, job: Job, profile: Profile) -> str:
         cfg = replace(job.cfg, model=str(Path(runs) / job.cfg.model))
         if not (d / "metrics.json").is_file():
             evaluate_run(cfg, d, overwrite=d.is_dir(), progress=False)
-        write_json(d / "complexity.json", measure(Path(cfg.model) / "best.pt", profile.latency_size, profile.latency_repeats))
+        write_json(d / "complexity.json", complexity_and_latency(Path(cfg.model) / "best.pt", profile.latency_size, profile.latency_repeats))
     return job.out
 
 
-def measure(checkpoint: Path, size: int, repeats: int) -> dict[str, Any]:
+def complexity_and_latency(checkpoint: Path, size: int, repeats: int) -> dict[str, Any]:
     """Parameters, FLOPs and latency for a ``size`` x ``size`` output at one thread, in the form evaluation runs.
 
     A derived network runs in its inference form (:class:`hinas.infer.backends.InferenceModel`, eager PyTorch),
