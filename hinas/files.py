@@ -1,4 +1,4 @@
-"""Writes that a crash, a full disk or a kill cannot leave half-done: temporary file, fsync, rename."""
+"""Reads that never block or run code, and writes that a crash, a full disk or a kill cannot leave half-done."""
 
 from __future__ import annotations
 
@@ -6,12 +6,66 @@ import contextlib
 import io
 import json
 import os
+import pickle
+import re
+import stat
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from hinas.errors import OutputError
+from hinas.errors import HinasError, OutputError
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: str | Path, what: str, error: type[HinasError]) -> IO[bytes]:
+    """``path`` opened for reading, refused at once (``error`` naming ``what`` it should be) unless it is a regular file.
+
+    The file is opened non-blocking and checked on the open descriptor, so a FIFO or a
+    device is never waited on or read, and nothing can swap the file between check and read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise error(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise error(f"{path}: cannot read {what}: it is {kind}, not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: str | Path, what: str, error: type[HinasError], limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`), refused when larger than ``limit``."""
+    with open_regular(path, what, error) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path}: cannot read {what}: more than {limit} bytes, far too large for a {what}")
+    return data
+
+
+def torch_load_untrusted(path: str | Path, what: str, error: type[HinasError]) -> Any:
+    """``torch.load(weights_only=True)`` of a regular file: tensors and plain data load, pickled code is refused unrun.
+
+    The refusal says what the file holds and why it is refused; it never passes on
+    PyTorch's advice to load the file with the safety turned off.
+    """
+    with open_regular(path, what, error) as f:
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            names = sorted(set(re.findall(r"GLOBAL [\w.]+", str(err))))
+            held = f" ({', '.join(names)})" if names else ""
+            raise error(f"{path}: refused: it holds objects other than tensors and plain data{held}; such a {what} "
+                        "could run code when loaded, so hinas never loads it") from None
+        except Exception as err:  # torch raises several types for truncated or foreign files
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise error(f"{path}: not a loadable checkpoint ({type(err).__name__}: {first}); "
+                        f"it may be truncated or not a {what} at all") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:

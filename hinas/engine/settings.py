@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
-
 from hinas import config
 from hinas.errors import ConfigError
+from hinas.files import read_regular
 from hinas.nas.space import PRESETS as SPACE_PRESETS
 from hinas.nas.space import SR_SCALES, SearchSpace
 
@@ -243,24 +242,26 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A settings file larger than this is refused unread; real ones are a few kilobytes."""
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b=value`` -> (['a', 'b'], value); the value is read as YAML, so ``8``, ``[30, 50]``, ``true`` work."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {item!r}")
-    try:
-        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
-    except (yaml.YAMLError, RecursionError) as err:
-        raise ConfigError(f"--set {item}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+    return key.strip().split("."), config.load_yaml(raw, f"--set {item}: the value") if raw.strip() else ""
 
 
 def load_section(file: str | Path) -> dict[str, Any]:
     """Settings from ``FILE`` or ``FILE:SECTION`` (a top-level key, as in ``params.yaml:search_denoise``)."""
     path, sep, section = str(file).rpartition(":") if ":" in str(file) else (str(file), "", "")
+    data = read_regular(path, "config file", ConfigError, MAX_CONFIG_BYTES)
     try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
-        raise ConfigError(f"{path}: cannot read the config file ({err})") from None
+        loaded = config.load_yaml(data.decode("utf-8"), f"{path}: the config file") or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: cannot read config file ({err})") from None
     if sep:
         if not isinstance(loaded, dict) or not isinstance(loaded.get(section), dict):
             sections = ", ".join(k for k, v in loaded.items() if isinstance(v, dict)) if isinstance(loaded, dict) else ""
