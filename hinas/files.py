@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import io
 import json
 import os
@@ -68,6 +70,24 @@ def torch_load_untrusted(path: str | Path, what: str, error: type[HinasError]) -
                         f"it may be truncated or not a {what} at all") from None
 
 
+def lock_folder(path: Path) -> int:
+    """A descriptor of the folder ``path`` holding an exclusive lock on it, released when closed or when the process ends.
+
+    ``flock`` on the folder itself: no lock file to leave behind, or to clear with ``--overwrite``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise OutputError(f"cannot use {path}: {err.strerror or err}; choose a readable folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutputError(f"{path} is in use by another hinas process (a run still going, or a restore writing into it); "
+                          "wait for it to end, or choose another folder") from None
+    return fd
+
+
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write via a temporary file, fsync and rename, so a crash leaves either the old file or the new one.
 
@@ -75,6 +95,8 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     :class:`OutputError` naming the file; the previous version stays intact.
     """
     tmp = path.with_name(f".{path.name}.tmp")
+    if len(os.fsencode(tmp.name)) > 255:  # NAME_MAX: a long final name gets a short temporary one
+        tmp = path.with_name(f".{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

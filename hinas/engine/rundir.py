@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import random
@@ -17,7 +16,7 @@ import torch
 
 from hinas.config import to_dict
 from hinas.errors import ConfigError, OutputError
-from hinas.files import atomic_write_bytes
+from hinas.files import atomic_write_bytes, lock_folder
 
 FINISHED = "metrics.json"
 """A run directory holding this file is finished; it is written last."""
@@ -41,7 +40,7 @@ def check_run_dir(path: Path, *, overwrite: bool = False, resume: bool = False) 
     if overwrite and resume:
         raise ConfigError("--resume continues a run and --overwrite starts it over; choose one")
     if path.is_dir():
-        os.close(_lock(path))  # refuses now, before any work; RunDir takes the lock for the run's whole life
+        os.close(lock_folder(path))  # refuses now, before any work; RunDir takes the lock for the run's whole life
     if (path / FINISHED).exists() and not overwrite:
         what = "nothing to resume" if resume else "choose another --out"
         raise ConfigError(f"{path} already holds a finished run; {what} or pass --overwrite to start over")
@@ -72,7 +71,7 @@ class RunDir:
         except OSError as err:
             raise OutputError(f"cannot write the run directory {self.path}: {err.strerror or err}; "
                               "choose a writable --out with free space") from err
-        self._lock = _lock(self.path)
+        self._lock: int | None = lock_folder(self.path)
         try:
             if overwrite and (self.path / LOG).exists():
                 _clear(self.path)
@@ -127,24 +126,6 @@ class RunDir:
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
-
-
-def _lock(path: Path) -> int:
-    """A descriptor of the folder ``path`` holding an exclusive lock on it, released when closed or when the process ends.
-
-    ``flock`` on the folder itself: no lock file to leave behind or to clear with ``--overwrite``.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as err:
-        raise OutputError(f"cannot use {path}: {err.strerror or err}; choose a readable folder") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OutputError(f"{path} is in use by another hinas process (a run still going, or a restore writing into it); "
-                          "wait for it to end, or choose another folder") from None
-    return fd
 
 
 def _clear(path: Path) -> None:
