@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from conftest import small_space, uniform_genotype
 from PIL import Image
@@ -278,9 +279,13 @@ def test_sixteen_bit_inputs_come_out_as_sixteen_bit_pngs(tmp_path, models, capsy
 
     colour = rng.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
     png16(tmp_path / "colour.png", colour)
-    got = decode(tmp_path / "colour.png")
-    assert got.bits == 16 and torch.equal((got.image * 65535).round().to(torch.int64),
-                                          torch.from_numpy(colour.astype(np.int64)).permute(2, 0, 1))
+    tifffile.imwrite(tmp_path / "colour.tif", colour, photometric="rgb", compression="zlib")
+    for name in ("colour.png", "colour.tif"):
+        got = decode(tmp_path / name)
+        assert got.bits == 16 and torch.equal((got.image * 65535).round().to(torch.int64),
+                                              torch.from_numpy(colour.astype(np.int64)).permute(2, 0, 1))
+    save_image(got.image, tmp_path / "back.png", bits=16)
+    assert torch.equal(decode(tmp_path / "back.png").image, got.image)
 
 
 def test_animated_gif_and_multipage_tiff_give_their_first_frame_and_say_so(tmp_path, caplog):

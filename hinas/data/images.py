@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,10 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _GRAY = ("1", "L", "LA", "La")
 _ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
 _READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-_WIDE_COLOUR = {"RGB;16B": "RGB;16L", "RGB;16L": "RGB;16B", "RGBA;16B": "RGBA;16L", "RGBA;16L": "RGBA;16B"}
-"""Raw modes of 16-bit colour files, which Pillow cuts to their high bytes, and the mode that yields the low bytes."""
+_LOW_BYTES = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
+_WIDE_COLOUR = {f"{m};16{order}": f"{m};16{low}" for m in ("RGB", "RGBA") for order, low in _LOW_BYTES.items()}
+"""Raw modes of 16-bit colour files (PNG, TIFF), which Pillow cuts to their high bytes, and the raw mode of the
+other byte order, which unpacks the low bytes instead."""
 MAX_PIXELS = 8192 * 8192
 """Largest image decoded (67 Mpx: 0.8 GiB as a float32 RGB tensor). Larger ones, and decompression bombs whose
 header claims billions of pixels, are refused from the header before a single pixel is decoded."""
@@ -165,13 +168,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
         except _READ_ERRORS as e:
             raise DataError(f"cannot read image {path}: broken EXIF data ({e})") from e
     return (w, h) if turned else (h, w)
-
-
-def image_channels(path: str | Path) -> int:
-    """1 (gray) or 3 (colour) as :func:`load_image` would decode the file, from its header."""
-    with _open(Path(path)) as im:
-        mode = im.mode
-    return 1 if mode in _GRAY or mode in _SIXTEEN_BIT or mode == "F" else 3
 
 
 @dataclass(frozen=True)
