@@ -59,11 +59,14 @@ def torch_load_untrusted(path: str | Path, what: str, error: type[HinasError]) -
     with open_regular(path, what, error) as f:
         try:
             return torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
+        except pickle.UnpicklingError as err:  # torch's message opens with advice to turn the safety off: never passed on
             names = sorted(set(re.findall(r"GLOBAL [\w.]+", str(err))))
-            held = f" ({', '.join(names)})" if names else ""
-            raise error(f"{path}: refused: it holds objects other than tensors and plain data{held}; such a {what} "
-                        "could run code when loaded, so hinas never loads it") from None
+            if names:
+                raise error(f"{path}: refused: it holds objects other than tensors and plain data ({', '.join(names)}); "
+                            f"such a {what} could run code when loaded, so hinas never loads it") from None
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = next((b for a, b in zip(lines, lines[1:]) if a.endswith("Unpickler error:")), "a damaged pickle")
+            raise error(f"{path}: not a loadable checkpoint ({detail}); it may be truncated or not a {what} at all") from None
         except Exception as err:  # torch raises several types for truncated or foreign files
             first = (str(err).strip().splitlines() or [""])[0]
             raise error(f"{path}: not a loadable checkpoint ({type(err).__name__}: {first}); "

@@ -178,6 +178,10 @@ def test_a_checkpoint_holding_code_is_refused_without_advice_to_turn_off_the_saf
         assert "weights_only" not in message and "trust" not in message and len(message) < 300
     assert main(["evaluate", "--model", str(hostile), "--out", str(tmp_path / "e"), "--quiet"]) == 2
     assert "weights_only" not in capsys.readouterr().err
+    (tmp_path / "garbage.pt").write_bytes(b"not a pickle at all")  # torch's message for this opens with the same advice
+    with pytest.raises(CheckpointError, match=r"not a loadable checkpoint \(Unsupported operand 110\)") as caught:
+        read_checkpoint(tmp_path / "garbage.pt", "search")
+    assert "weights_only" not in str(caught.value)
 
 
 def test_a_truncated_checkpoint_at_resume_is_refused_and_left_alone(tmp_path, capsys):
