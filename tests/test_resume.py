@@ -43,7 +43,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 SIGNAL_IN_WRITE = """
 import os, signal, sys
-import hinas.engine.rundir as runtime
+import hinas.files as runtime
 from hinas.cli import main
 
 sig, nth = getattr(signal, sys.argv[1]), int(sys.argv[2])

@@ -23,13 +23,15 @@ log = logging.getLogger(__name__)
 
 
 def forward_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """A generous estimate of the peak memory of ``model(x)``: eight float32 features as wide as its widest convolution.
+    """A generous estimate of the peak memory of ``model(x)``: twelve float32 features as wide as its widest convolution.
 
     Made from the weights alone (any module whose convolution kernels are 4-D parameters
-    or buffers); a module without any counts as 16 channels wide.
+    or buffers); a module without any counts as 16 channels wide. Measured on the CPU
+    for the paper's denoising network (F=20, 384 x 384): 838 MiB, estimated 1080 MiB;
+    for its SR network (F=16, x2, 192 x 192): 255 MiB, estimated 864 MiB.
     """
     widest = max((max(t.shape[:2]) for t in (*model.parameters(), *model.buffers()) if t.ndim == 4), default=16)
-    return 4 * 8 * widest * x.shape[0] * x.shape[-2] * x.shape[-1]
+    return 4 * 12 * widest * x.shape[0] * x.shape[-2] * x.shape[-1]
 
 
 def auto_tile(model: nn.Module, x: torch.Tensor, overlap: int) -> tuple[int, int]:
