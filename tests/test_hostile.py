@@ -414,12 +414,14 @@ def test_restore_folders_that_overlap_or_cannot_be_written(tmp_path, models, cap
     inputs = tmp_path / "in"
     originals = {p: p.read_bytes() for p in (gray(inputs / "a.png"), gray(inputs / "in" / "b.png", seed=1))}
     (tmp_path / "file").write_text("not a folder")
+    os.symlink("loop", tmp_path / "loop")
     cases = [
         ([str(inputs)], "lies inside the input folder"),
         ([str(inputs), "--overwrite"], "lies inside the input folder"),
         ([str(inputs / "restored"), "--overwrite"], "lies inside the input folder"),
         ([str(tmp_path), "--overwrite"], "would be written into the input folder"),  # in/in/b.png -> in/b.png
         ([str(tmp_path / "file")], "is a file, not a folder"),
+        ([str(tmp_path / "loop")], "cannot follow this path"),
         (["/proc/hinas-restored"], "cannot create the output folder /proc/hinas-restored"),
         (["/proc"], "cannot write into the output folder /proc"),
         ([str(tmp_path / ("n" * 300))], "a name is longer than 255 bytes"),
@@ -430,6 +432,10 @@ def test_restore_folders_that_overlap_or_cannot_be_written(tmp_path, models, cap
         assert message in capsys.readouterr().err
     assert {p: p.read_bytes() for p in originals} == originals and sorted(inputs.rglob("*")) == sorted(
         [inputs / "a.png", inputs / "in", inputs / "in" / "b.png"])
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "in").write_text("a file where in/b.png needs a folder")
+    assert restore(models["gray"], inputs, tmp_path / "o") == 2
+    assert "o/in is a file where" in capsys.readouterr().err and not (tmp_path / "o" / "a.png").exists()
     parent = tmp_path / "p"
     gray(parent / "noisy" / "c.png")
     assert restore(models["gray"], parent / "noisy", parent) == 0  # containing the input folder, writing beside it

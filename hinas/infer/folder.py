@@ -46,7 +46,7 @@ def restore_folder(model: str | Path, inputs: str | Path, outputs: str | Path, *
         raise DataError(f"input folder {inputs} does not exist or is not a folder")
     if outputs.exists() and not outputs.is_dir():
         raise ConfigError(f"output {outputs} is a file, not a folder; name a folder for the restored images")
-    if outputs.resolve() == inputs.resolve() or inputs.resolve() in outputs.resolve().parents:
+    if _resolve(outputs) == _resolve(inputs) or _resolve(inputs) in _resolve(outputs).parents:
         raise ConfigError(f"output folder {outputs} lies inside the input folder {inputs}; choose a folder outside it")
     checkpoint = Path(model) / "best.pt" if Path(model).is_dir() else Path(model)
     if not (checkpoint.exists() or checkpoint.is_symlink()):
@@ -88,15 +88,18 @@ def _check_targets(inputs: Path, paths: tuple[Path, ...], names: tuple[str, ...]
     clash = next((n for n, t in zip(names, targets) if targets.count(t) > 1), None)
     if clash is not None:
         raise DataError(f"{inputs}: several images are named {clash!r} (different suffixes); they would be written to one file")
-    source, originals = inputs.resolve(), {p.resolve() for p in paths}
+    source, originals = _resolve(inputs), {_resolve(p) for p in paths}
     for target in targets:
         _check_length(target)
-        where = target.resolve()
+        where = _resolve(target)
         if where in originals or source in where.parents:
             raise ConfigError(f"{target} would be written into the input folder {inputs} (an input is never overwritten); "
                               "choose an output folder that does not contain it")
         if target.is_dir():
             raise ConfigError(f"{target} is a folder; it cannot be replaced by a restored image")
+        blocked = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise ConfigError(f"{blocked} is a file where {target} needs a folder; move it away")
     written = [t for t in targets if t.exists()]
     if written and not overwrite:
         raise ConfigError(f"{written[0].parent} already holds {len(written)} of the restored images (e.g. {written[0].name}); "
@@ -112,6 +115,13 @@ def _check_length(target: Path) -> None:
     if too_long or len(os.fsencode(target)) + len("..tmp") >= path_max:
         what = f"a name is longer than {name_max} bytes" if too_long else f"the path is {path_max} bytes or longer"
         raise DataError(f"cannot write {str(target)[:60]}...: {what}; shorten the file or folder names")
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symbolic link loop
+        raise ConfigError(f"{path}: cannot follow this path ({err}); a symbolic link loop?") from None
 
 
 def _exists(path: Path) -> bool:
