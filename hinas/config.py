@@ -17,52 +17,6 @@ from hinas.errors import ConfigError
 
 T = TypeVar("T")
 
-MAX_YAML_VALUES = 100_000
-"""Values a settings document may hold once its aliases are expanded; real ones hold a few hundred."""
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """YAML as ``yaml.safe_load`` reads it, refusing aliases that expand past ``MAX_YAML_VALUES`` or refer to themselves.
-
-    Anchors and aliases let a few hundred bytes stand for billions of values ("billion
-    laughs"); the document is sized on its node graph before anything is built from it.
-    Errors quote the first line of the parser's message only.
-    """
-    import yaml
-
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None:
-            _expanded(node, {}, set(), source)
-        return None if node is None else loader.construct_document(node)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{source} is not valid YAML ({str(err).splitlines()[0]})") from None
-    except RecursionError:
-        raise ConfigError(f"{source} is YAML nested too deeply to be settings") from None
-    finally:
-        loader.dispose()
-
-
-def _expanded(node: Any, sizes: dict[int, int], open_nodes: set[int], source: str) -> int:
-    """Values under ``node`` with every alias expanded, each shared node sized once."""
-    import yaml
-
-    key = id(node)
-    if key in sizes:
-        return sizes[key]
-    if key in open_nodes:
-        raise ConfigError(f"{source} holds an alias to a node that contains it; settings cannot be recursive")
-    open_nodes.add(key)
-    children = ([part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode)
-                else node.value if isinstance(node, yaml.SequenceNode) else [])
-    total = 1 + sum(_expanded(child, sizes, open_nodes, source) for child in children)
-    if total > MAX_YAML_VALUES:
-        raise ConfigError(f"{source} expands, through its anchors and aliases, to more than {MAX_YAML_VALUES} values; refused")
-    open_nodes.discard(key)
-    sizes[key] = total
-    return total
-
 
 def _type_name(hint: Any) -> str:
     if get_origin(hint) is Literal:
