@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import itertools
 import json
 import os
 import pickle
@@ -65,9 +66,9 @@ def torch_load_untrusted(path: str | Path, what: str, error: type[HinasError]) -
                 raise error(f"{path}: refused: it holds objects other than tensors and plain data ({', '.join(names)}); "
                             f"such a {what} could run code when loaded, so hinas never loads it") from None
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            detail = next((b for a, b in zip(lines, lines[1:]) if a.endswith("Unpickler error:")), "a damaged pickle")
+            detail = next((b for a, b in itertools.pairwise(lines) if a.endswith("Unpickler error:")), "a damaged pickle")
             raise error(f"{path}: not a loadable checkpoint ({detail}); it may be truncated or not a {what} at all") from None
-        except Exception as err:  # torch raises several types for truncated or foreign files
+        except Exception as err:  # noqa: BLE001 - torch raises several types for truncated or foreign files
             first = (str(err).strip().splitlines() or [""])[0]
             raise error(f"{path}: not a loadable checkpoint ({type(err).__name__}: {first}); "
                         f"it may be truncated or not a {what} at all") from None

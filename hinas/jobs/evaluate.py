@@ -54,7 +54,7 @@ def evaluate_run(cfg: "EvalConfig", out: str | Path, *, overwrite: bool = False,
     return metrics
 
 
-def _evaluate_into(run: RunDir, cfg: "EvalConfig", model: nn.Module, task: str, scales: list[int],
+def _evaluate_into(run: RunDir, cfg: EvalConfig, model: nn.Module, task: str, scales: list[int],
                    image_sets: dict[str, Any], progress: bool) -> dict[str, Any]:
     results, rows = [], []
     for set_name, images in image_sets.items():
