@@ -476,6 +476,28 @@ def test_a_file_size_limit_leaves_no_partial_image(tmp_path, models):
     assert out.is_dir() and not list(out.iterdir())
 
 
+def test_a_file_size_limit_during_a_checkpoint_write_keeps_the_last_good_one(tmp_path):
+    run = tmp_path / "run"
+    limited = textwrap.dedent(f"""
+        import resource, sys
+        import hinas.files as files
+        from hinas.cli import main
+        real = files.atomic_write_bytes
+        def write(path, data):
+            real(path, data)
+            if path.name == "checkpoint.pt":  # the first checkpoint is down: the limit falls below the size of the next
+                resource.setrlimit(resource.RLIMIT_FSIZE, (len(data) // 2, len(data) // 2))
+        files.atomic_write_bytes = write
+        sys.exit(main(["search", "--preset", "smoke", "--set", "checkpoint_every=1", "--out", {str(run)!r}, "--quiet"]))
+    """)
+    done = subprocess.run([sys.executable, "-c", limited], env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2 and f"cannot write {run / CHECKPOINT}: File too large" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not list(run.glob(".*.tmp")) and not (run / "metrics.json").exists()
+    progress = read_checkpoint(run / CHECKPOINT, "search")["progress"]
+    assert (progress["epoch"], progress["step"]) == (1, 0)
+    assert main(["search", "--resume", str(run), "--quiet"]) == 0
+
+
 # --- two processes at once -------------------------------------------------------------------------------------------
 
 
