@@ -255,18 +255,19 @@ def load_yaml(text: str, source: str) -> Any:
     laughs"); the document is sized on its node graph before anything is built from it.
     Errors quote the first line of the parser's message only.
     """
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is not None:
-            _expanded(node, {}, set(), source)
-        return None if node is None else loader.construct_document(node)
+        loader = yaml.SafeLoader(text)  # reads ahead: may refuse the text at once
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _expanded(node, {}, set(), source)
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         raise ConfigError(f"{source} is not valid YAML ({str(err).splitlines()[0]})") from None
     except RecursionError:
         raise ConfigError(f"{source} is YAML nested too deeply to be settings") from None
-    finally:
-        loader.dispose()
 
 
 def _expanded(node: Any, sizes: dict[int, int], open_nodes: set[int], source: str) -> int:
