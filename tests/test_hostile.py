@@ -396,7 +396,7 @@ def test_evaluate_model_refuses_outputs_that_are_not_finite_images(how, message)
         evaluate_model(Broken(how), [("img", torch.rand(1, 48, 48))], task="denoise", sigma=25)
 
 
-def test_restore_with_a_network_that_returns_nan_fails_and_writes_nothing(tmp_path, capsys):
+def test_restore_and_evaluate_with_a_network_that_returns_nan_fail_and_write_nothing(tmp_path, capsys):
     net = DnCNN(1, depth=3, channels=3)
     with torch.no_grad():
         net.body[-1].weight.fill_(float("nan"))
@@ -406,6 +406,8 @@ def test_restore_with_a_network_that_returns_nan_fails_and_writes_nothing(tmp_pa
     assert restore(model, inputs, tmp_path / "out") == 2
     assert "a.png: the model returned NaN or infinite values" in capsys.readouterr().err
     assert not list((tmp_path / "out").rglob("*.png"))
+    assert main(["evaluate", "--preset", "smoke", "--model", str(model), "--out", str(tmp_path / "eval"), "--quiet"]) == 2
+    assert "the model returned NaN or infinite values" in capsys.readouterr().err and not (tmp_path / "eval").exists()
 
 
 # --- folders ---------------------------------------------------------------------------------------------------------

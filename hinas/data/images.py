@@ -96,7 +96,7 @@ def decode(path: str | Path, channels: int | None = None) -> Decoded:
                 arr = _wide_array(path)
             else:
                 im.load()
-                im = ImageOps.exif_transpose(im)
+                ImageOps.exif_transpose(im, in_place=True)  # upright without a copy of the pixels
         except DataError:
             raise
         except _READ_ERRORS as e:
@@ -138,7 +138,8 @@ def _wide_array(path: Path) -> np.ndarray:
             if low:
                 im.tile = [t._replace(args=_with_rawmode(t.args, _WIDE_COLOUR[_rawmode(t.args)])) for t in im.tile]
             im.load()
-            planes.append(np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.float32))
+            ImageOps.exif_transpose(im, in_place=True)
+            planes.append(np.asarray(im.convert("RGB"), dtype=np.float32))
     return ((planes[0] * 256 + planes[1]) / 65535).transpose(2, 0, 1).copy()
 
 
