@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -46,6 +47,8 @@ def restore_folder(model: str | Path, inputs: str | Path, outputs: str | Path, *
         raise DataError(f"input folder {inputs} does not exist or is not a folder")
     if outputs.exists() and not outputs.is_dir():
         raise ConfigError(f"output {outputs} is a file, not a folder; name a folder for the restored images")
+    if outputs.is_dir():
+        os.close(lock_folder(outputs))  # refuses a folder another restore is writing now, before any work
     if _resolve(outputs) == _resolve(inputs) or _resolve(inputs) in _resolve(outputs).parents:
         raise ConfigError(f"output folder {outputs} lies inside the input folder {inputs}; choose a folder outside it")
     checkpoint = Path(model) / "best.pt" if Path(model).is_dir() else Path(model)
@@ -85,7 +88,8 @@ def restore_folder(model: str | Path, inputs: str | Path, outputs: str | Path, *
 def _check_targets(inputs: Path, paths: tuple[Path, ...], names: tuple[str, ...], targets: list[Path], overwrite: bool) -> None:
     """Refuse output paths that clash, would overwrite an input or write into the input folder, exist (without
     ``overwrite``), are folders, or are too long for the file system."""
-    clash = next((n for n, t in zip(names, targets) if targets.count(t) > 1), None)
+    uses = Counter(targets)
+    clash = next((n for n, t in zip(names, targets) if uses[t] > 1), None)
     if clash is not None:
         raise DataError(f"{inputs}: several images are named {clash!r} (different suffixes); they would be written to one file")
     source, originals = _resolve(inputs), {_resolve(p) for p in paths}
