@@ -193,7 +193,7 @@ def _restore(args: argparse.Namespace) -> int:
     keep_freed_memory()
     written = restore_folder(args.model, args.input, args.output, tile=args.tile, overlap=args.overlap, device=args.device,
                              backend=args.backend, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"restored {len(written)} images into {args.output}")
+    print(f"restored {len(written)} images into {args.output} (PNG: 16-bit where the input had 16 bits, 8-bit otherwise)")
     return 0
 
 

@@ -31,6 +31,10 @@ class CheckpointError(HinasError, ValueError):
     """A checkpoint cannot be resumed: unreadable, hostile, foreign, or written with other settings or code."""
 
 
+class ModelError(HinasError, ValueError):
+    """A network returned something other than a finite image of the expected shape and dtype; nothing is scored or written."""
+
+
 class NonFiniteError(HinasError, FloatingPointError):
     """A loss or gradient became NaN or infinite; raised before the optimiser could apply it."""
 

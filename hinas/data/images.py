@@ -10,48 +10,141 @@ so a run is repeatable bit for bit whatever the number of DataLoader workers.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
-from collections.abc import Sequence
+import struct
+import sys
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from hinas.data.degrade import add_noise, bicubic_down, quantize, stable_seed
-from hinas.errors import ConfigError, DataError
+from hinas.errors import ConfigError, DataError, OutputError
+from hinas.files import atomic_write_bytes, open_regular
 from hinas.nas.resize import imresize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _GRAY = ("1", "L", "LA", "La")
+_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
 _READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_LOW_BYTES = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
+_WIDE_COLOUR = {f"{m};16{order}": f"{m};16{low}" for m in ("RGB", "RGBA") for order, low in _LOW_BYTES.items()}
+"""Raw modes of 16-bit colour files (PNG, TIFF), which Pillow cuts to their high bytes, and the raw mode of the
+other byte order, which unpacks the low bytes instead."""
+MAX_PIXELS = 8192 * 8192
+"""Largest image decoded (67 Mpx: 0.8 GiB as a float32 RGB tensor). Larger ones, and decompression bombs whose
+header claims billions of pixels, are refused from the header before a single pixel is decoded."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image (float32 (C, H, W) in [0, 1]), the bit depth it was stored with, and what decoding left out."""
+
+    image: torch.Tensor
+    bits: int
+    notes: tuple[str, ...]
 
 
 def load_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     """A float32 (C, H, W) image in [0, 1]; ``channels`` None keeps the file's own (1 gray, 3 colour).
 
-    16-bit gray images are divided by 65535 (Pillow's 32-bit 'I' mode is read as
-    16-bit too); Pillow itself cuts 16-bit colour PNGs to 8 bits. Palette, CMYK and alpha images become RGB, alpha dropped: restoration
-    targets are opaque. Colour to gray is Pillow's 'L' conversion, ITU-R 601-2
-    luma (0.299 R + 0.587 G + 0.114 B) rounded to 8 bits; gray to colour repeats
-    the plane. Truncated files are errors, never silently padded.
+    See :func:`decode`; what it leaves out (later frames, alpha) is logged as a warning.
+    """
+    decoded = decode(path, channels)
+    for note in decoded.notes:
+        log.warning("%s: %s", path, note)
+    return decoded.image
+
+
+def decode(path: str | Path, channels: int | None = None) -> Decoded:
+    """The image at ``path``, upright, with its bit depth; refused from its header when larger than ``MAX_PIXELS``.
+
+    16-bit images (gray, and colour PNG or TIFF, which Pillow alone cuts to 8 bits)
+    are divided by 65535 (Pillow's 32-bit 'I' mode is read as 16-bit too), others by
+    255. The EXIF orientation is applied, as photo viewers do. Palette, CMYK and alpha
+    images become RGB, alpha dropped (restoration targets are opaque); multi-frame
+    files (animated GIF, multi-page TIFF) give their first frame. Both are noted.
+    Colour to gray is Pillow's 'L' conversion, ITU-R 601-2 luma (0.299 R + 0.587 G +
+    0.114 B) rounded to 8 bits; gray to colour repeats the plane. Truncated files are
+    errors, never silently padded. Only regular files are read: never a FIFO or device.
     """
     path = Path(path)
     if channels not in (None, 1, 3):
         raise ConfigError(f"channels must be None, 1 or 3, got {channels!r}")
-    try:
-        im = Image.open(path)
-        im.load()
-    except _READ_ERRORS as e:
-        raise DataError(f"cannot read image {path}: {e}; expected a complete PNG, JPEG, BMP or TIFF file") from e
-    with im:
-        arr = _to_array(im, path, channels)
+    with _open(path) as im:
+        notes = []
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            notes.append(f"{frames} frames; only the first is used")
+        if im.mode in _ALPHA or "transparency" in im.info:
+            notes.append("alpha (transparency) dropped; the image is read as opaque")
+        wide = channels != 1 and bool(im.tile) and all(_rawmode(t.args) in _WIDE_COLOUR for t in im.tile)
+        bits = 16 if wide or im.mode in _SIXTEEN_BIT else 8
+        try:
+            if wide:
+                arr = _wide_array(path)
+            else:
+                im.load()
+                ImageOps.exif_transpose(im, in_place=True)  # upright without a copy of the pixels
+        except DataError:
+            raise
+        except _READ_ERRORS as e:
+            raise DataError(f"cannot read image {path}: {e}; expected a complete PNG, JPEG, BMP or TIFF file") from e
+        if not wide:
+            arr = _to_array(im, path, channels)
     if channels == 3 and arr.shape[0] == 1:
         arr = np.repeat(arr, 3, axis=0)
-    return torch.from_numpy(arr)
+    return Decoded(torch.from_numpy(arr), bits, tuple(notes))
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[Image.Image]:
+    """The image at ``path`` with only its header read; refused when not a regular file or larger than ``MAX_PIXELS``."""
+    with open_regular(path, "image", DataError) as f:
+        try:
+            im = Image.open(f)
+        except Image.DecompressionBombError as e:
+            raise DataError(f"image {path} refused: {e} (hinas decodes at most {MAX_PIXELS} pixels)") from None
+        except _READ_ERRORS as e:
+            raise DataError(f"cannot read image {path}: {e}; expected a complete PNG, JPEG, BMP or TIFF file") from e
+        with im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise DataError(f"image {path} refused: {w}x{h} is {w * h / 1e6:.0f} Mpx, more than the "
+                                f"{MAX_PIXELS / 1e6:.0f} Mpx hinas decodes (0.8 GiB as float32 RGB); split or downscale it first")
+            yield im
+
+
+def _rawmode(args: object) -> object:
+    return args[0] if isinstance(args, tuple) and args else args
+
+
+def _wide_array(path: Path) -> np.ndarray:
+    """A 16-bit colour file at full depth: Pillow decodes it twice, unpacking the high bytes, then the low ones."""
+    planes = []
+    for low in (False, True):
+        with _open(path) as im:
+            if low:
+                im.tile = [t._replace(args=_with_rawmode(t.args, _WIDE_COLOUR[_rawmode(t.args)])) for t in im.tile]
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            planes.append(np.asarray(im.convert("RGB"), dtype=np.float32))
+    return ((planes[0] * 256 + planes[1]) / 65535).transpose(2, 0, 1).copy()
+
+
+def _with_rawmode(args: object, rawmode: str) -> object:
+    return (rawmode, *args[1:]) if isinstance(args, tuple) else rawmode
 
 
 def _to_array(im: Image.Image, path: Path, channels: int | None) -> np.ndarray:
@@ -68,23 +161,14 @@ def _to_array(im: Image.Image, path: Path, channels: int | None) -> np.ndarray:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except _READ_ERRORS as e:
-        raise DataError(f"cannot read image {path}: {e}; expected a PNG, JPEG, BMP or TIFF file") from e
-    return h, w
-
-
-def image_channels(path: str | Path) -> int:
-    """1 (gray) or 3 (colour) as :func:`load_image` would decode the file, from its header."""
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-    except _READ_ERRORS as e:
-        raise DataError(f"cannot read image {path}: {e}; expected a PNG, JPEG, BMP or TIFF file") from e
-    return 1 if mode in _GRAY or mode in _SIXTEEN_BIT or mode == "F" else 3
+    """(H, W) of the upright image, from the file header, without decoding the pixels."""
+    with _open(Path(path)) as im:
+        w, h = im.size
+        try:
+            turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap the axes
+        except _READ_ERRORS as e:
+            raise DataError(f"cannot read image {path}: broken EXIF data ({e})") from e
+    return (w, h) if turned else (h, w)
 
 
 @dataclass(frozen=True)
@@ -121,10 +205,11 @@ def folder_images(root: str | Path, channels: int | None = None, name: str | Non
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a folder")
-    files = sorted(
-        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    named = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    for p in named:
+        if not (p.is_file() or p.is_dir()):  # folders named like images are searched like any other
+            log.warning("%s: skipped: not a regular file (a FIFO, a device, or a broken or looping symbolic link)", p)
+    files = sorted((p for p in named if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
     if not files:
         raise DataError(f"no images under {root}; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
     names = tuple(p.relative_to(root).with_suffix("").as_posix() for p in files)
@@ -285,12 +370,39 @@ def in_memory(images: Sequence[tuple[str, torch.Tensor]], crop: int = 0) -> list
     return out
 
 
-def save_image(img: torch.Tensor, path: str | Path) -> None:
-    """Write a (C, H, W) image in [0, 1] as an 8-bit PNG (clamped and rounded), creating folders."""
+def save_image(img: torch.Tensor, path: str | Path, bits: int = 8) -> None:
+    """Write a (C, H, W) image in [0, 1] as an 8- or 16-bit PNG (clamped and rounded), creating folders.
+
+    Written atomically (temporary file, then rename): a failed write never leaves a partial image under ``path``.
+    """
+    if bits not in (8, 16):
+        raise ConfigError(f"bits must be 8 or 16, got {bits!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (quantize(img.detach().float().cpu()) * 255).round().byte().numpy()
-    Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create {path.parent}: {err.strerror or err}") from err
+    x = quantize(img.detach().float().cpu()) if bits == 8 else img.detach().float().cpu().clamp(0, 1)
+    arr = (x * (2**bits - 1)).round().numpy().astype(np.uint8 if bits == 8 else np.uint16)
+    if bits == 16:
+        atomic_write_bytes(path, _png16(arr))
+        return
+    buffer = io.BytesIO()
+    Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getbuffer())
+
+
+def _png16(arr: np.ndarray) -> bytes:
+    """A 16-bit gray or RGB PNG of a (C, H, W) uint16 array (Pillow writes 16-bit gray only)."""
+    c, h, w = arr.shape
+    rows = np.ascontiguousarray(arr.transpose(1, 2, 0), dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter type 0 on every row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 0 if c == 1 else 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
 def _readable(path: Path) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import pickle
 import random
 import signal
 import threading
@@ -31,7 +30,7 @@ from torch import nn
 from hinas.config import to_dict
 from hinas.engine.rundir import CHECKPOINT, RunDir
 from hinas.errors import CheckpointError, Interrupted, NonFiniteError
-from hinas.files import atomic_torch_save
+from hinas.files import atomic_torch_save, torch_load_untrusted
 from hinas.version import __version__
 
 FORMAT = "hinas.checkpoint"
@@ -106,15 +105,7 @@ def differences(run: Any, now: Any, prefix: str = "") -> list[str]:
 
 def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     """A hinas checkpoint of ``kind`` (search or retrain), read with ``weights_only=True``: pickled code is refused, never run."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
-        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain data, such as pickled "
-                              f"code, which hinas never loads ({detail})") from None
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(err).__name__}: {_first_line(err)}); "
-                              "it may be truncated or not a checkpoint at all") from None
+    saved = torch_load_untrusted(path, f"{kind} checkpoint", CheckpointError)
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a hinas training checkpoint (no 'format': {FORMAT!r})")
     if saved.get("version") != VERSION:
@@ -133,7 +124,7 @@ def resume_state(run: Path, kind: str, cfg: Any, *, force: bool = False) -> dict
     None for a run stopped before its first checkpoint: nothing was computed, so it starts from the beginning.
     """
     path = run / CHECKPOINT
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):  # anything else under that name is read, and refused, below
         if (run / "config.yaml").is_file():
             return None
         raise CheckpointError(f"{run} holds no run to resume (no {CHECKPOINT}, no config.yaml)")

@@ -16,6 +16,7 @@ import yaml
 
 from hinas import config
 from hinas.errors import ConfigError
+from hinas.files import read_regular
 from hinas.nas.space import PRESETS as SPACE_PRESETS
 from hinas.nas.space import SR_SCALES, SearchSpace
 
@@ -249,24 +250,71 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_YAML_VALUES = 100_000
+"""Values a settings document may hold once its aliases are expanded; real ones hold a few hundred."""
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """YAML as ``yaml.safe_load`` reads it, refusing aliases that expand past ``MAX_YAML_VALUES`` or refer to themselves.
+
+    Anchors and aliases let a few hundred bytes stand for billions of values ("billion
+    laughs"); the document is sized on its node graph before anything is built from it.
+    Errors quote the first line of the parser's message only.
+    """
+    try:
+        loader = yaml.SafeLoader(text)  # reads ahead: may refuse the text at once
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _expanded(node, {}, set(), source)
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} is not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is YAML nested too deeply to be settings") from None
+
+
+def _expanded(node: Any, sizes: dict[int, int], open_nodes: set[int], source: str) -> int:
+    """Values under ``node`` with every alias expanded, each shared node sized once."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise ConfigError(f"{source} holds an alias to a node that contains it; settings cannot be recursive")
+    open_nodes.add(key)
+    children = ([part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode)
+                else node.value if isinstance(node, yaml.SequenceNode) else [])
+    total = 1 + sum(_expanded(child, sizes, open_nodes, source) for child in children)
+    if total > MAX_YAML_VALUES:
+        raise ConfigError(f"{source} expands, through its anchors and aliases, to more than {MAX_YAML_VALUES} values; refused")
+    open_nodes.discard(key)
+    sizes[key] = total
+    return total
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A settings file larger than this is refused unread; real ones are a few kilobytes."""
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b=value`` -> (['a', 'b'], value); the value is read as YAML, so ``8``, ``[30, 50]``, ``true`` work."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {item!r}")
-    try:
-        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
-    except (yaml.YAMLError, RecursionError) as err:
-        raise ConfigError(f"--set {item}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+    shown = item if len(item) <= 80 else item[:77] + "..."  # a hostile value is not echoed whole
+    return key.strip().split("."), load_yaml(raw, f"--set {shown}: the value") if raw.strip() else ""
 
 
 def load_section(file: str | Path) -> dict[str, Any]:
     """Settings from ``FILE`` or ``FILE:SECTION`` (a top-level key, as in ``params.yaml:search_denoise``)."""
     path, sep, section = str(file).rpartition(":") if ":" in str(file) else (str(file), "", "")
+    data = read_regular(path, "config file", ConfigError, MAX_CONFIG_BYTES)
     try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
-        raise ConfigError(f"{path}: cannot read the config file ({err})") from None
+        loaded = load_yaml(data.decode("utf-8"), f"{path}: the config file") or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: cannot read config file ({err})") from None
     if sep:
         if not isinstance(loaded, dict) or not isinstance(loaded.get(section), dict):
             sections = ", ".join(k for k, v in loaded.items() if isinstance(v, dict)) if isinstance(loaded, dict) else ""

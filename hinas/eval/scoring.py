@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from hinas.data.degrade import bicubic_up, seeded_noisy, sr_pair
-from hinas.errors import ConfigError, DataError
+from hinas.errors import ConfigError, DataError, ModelError
 from hinas.eval.metrics import Convention, convention_for, measure
 from hinas.infer.tiling import tiled_forward
-
-if TYPE_CHECKING:
-    pass
 
 Images = Iterable[tuple[str, torch.Tensor]]
 
@@ -101,6 +98,9 @@ def evaluate_model(
     rounded to uint8 before measuring; SR is measured on Y with ``scale``
     pixels shaved. The result records that convention, and the same figures
     for the degraded input (noisy image, or bicubic upscaling for SR).
+    ``tile`` 0 runs images whole unless their estimated memory calls for tiles
+    (see :func:`~hinas.infer.tiling.tiled_forward`). An output of the wrong shape
+    or dtype, or with NaN or infinite values, raises :class:`ModelError`.
     """
     convention: Convention = convention_for(task, scale or 1)
     device = _device_of(model)
@@ -116,7 +116,11 @@ def evaluate_model(
                             f"load the set with channels={channels} (load_images(..., channels={channels})) to convert it")
         check_measurable([(name, clean)], convention)
         degraded, target = degrade(name, clean, task, sigma, scale)
-        restored = tiled_forward(model, degraded.unsqueeze(0).to(device), scale or 1, tile, overlap)[0].float().cpu()
+        try:
+            restored = tiled_forward(model, degraded.unsqueeze(0).to(device), scale or 1, tile, overlap)[0].float().cpu()
+        except ModelError as err:
+            model.train(was_training)
+            raise ModelError(f"evaluate_model: model on image {name}: {err}") from None
         reference = degraded if task == "denoise" else bicubic_up(degraded, scale)
         p, s = measure(restored, target, convention)
         bp, bs = measure(reference, target, convention)

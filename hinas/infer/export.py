@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from hinas.errors import OutputError
+from hinas.files import atomic_write_bytes
 from hinas.nas.network import Network
 
 if TYPE_CHECKING:
@@ -23,17 +25,26 @@ def export_onnx(model: Network, path: str | Path, size: tuple[int, int] = (64, 6
     input size (``size``, low-resolution): their bicubic residual is a matrix
     product whose weights depend on the image size. Uses the TorchScript-based
     exporter, which needs no extra packages and is ten times faster here than
-    the dynamo one for these graphs.
+    the dynamo one for these graphs. Written atomically; an unwritable ``path``
+    raises :class:`OutputError`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"export_onnx: path: cannot create the folder of {path} ({err.strerror or err})") from None
     space = model.genotype.space
     x = torch.rand(1, space.in_channels, *size, device=next(model.parameters()).device)
     axes = {0: "batch"} if space.task == "sr" else {0: "batch", 2: "height", 3: "width"}
     was_training = model.training
     model.eval()
-    _export(model, x, str(path), axes, opset)
+    buffer = io.BytesIO()
+    _export(model, x, buffer, axes, opset)
     model.train(was_training)
+    try:
+        atomic_write_bytes(path, buffer.getbuffer())
+    except OutputError as err:
+        raise OutputError(f"export_onnx: path: {err}") from None
     return path
 
 

@@ -44,23 +44,31 @@ def evaluate_run(cfg: "EvalConfig", out: str | Path, *, overwrite: bool = False,
     model, task, scales, channels = load_for_eval(cfg, pick_device(cfg.device))
     image_sets = {name: load_images(name, cfg.data_root or None, channels=channels) for name in cfg.sets}
     run = RunDir(out, cfg, overwrite=overwrite)
-    results, rows = [], []
     try:
-        for set_name, images in image_sets.items():
-            for level in cfg.sigmas if task == "denoise" else scales:
-                sigma, scale = (level, None) if task == "denoise" else (None, int(level))
-                if isinstance(model, Bicubic):
-                    model.scale = scale
-                save_dir = run / "images" / Path(set_name).name / (f"sigma{level:g}" if sigma is not None else f"x{scale}")
-                res = evaluate_model(model, images, task=task, sigma=sigma, scale=scale, tile=cfg.tile, overlap=cfg.tile_overlap,
-                                     save_dir=save_dir if cfg.save_images else None, progress=progress)
-                summary = {k: res[k] for k in ("task", "sigma", "scale", "images", "psnr", "ssim", "input_psnr", "input_ssim")}
-                results.append({"set": set_name, **summary})
-                rows += [{"set": set_name, "sigma": sigma, "scale": scale, **r} for r in res["per_image"]]
-                run.log(event="result", set=set_name, **summary)
-    except HinasError:  # e.g. an image that fails to decode half-way: leave nothing partial behind
+        metrics = _evaluate_into(run, cfg, model, task, scales, image_sets, progress)
+    except HinasError:  # e.g. an image that fails to decode half-way, or a full disk: leave nothing partial behind
         run.discard()
         raise
+    finally:
+        run.close()
+    return metrics
+
+
+def _evaluate_into(run: RunDir, cfg: EvalConfig, model: nn.Module, task: str, scales: list[int],
+                   image_sets: dict[str, Any], progress: bool) -> dict[str, Any]:
+    results, rows = [], []
+    for set_name, images in image_sets.items():
+        for level in cfg.sigmas if task == "denoise" else scales:
+            sigma, scale = (level, None) if task == "denoise" else (None, int(level))
+            if isinstance(model, Bicubic):
+                model.scale = scale
+            save_dir = run / "images" / Path(set_name).name / (f"sigma{level:g}" if sigma is not None else f"x{scale}")
+            res = evaluate_model(model, images, task=task, sigma=sigma, scale=scale, tile=cfg.tile, overlap=cfg.tile_overlap,
+                                 save_dir=save_dir if cfg.save_images else None, progress=progress)
+            summary = {k: res[k] for k in ("task", "sigma", "scale", "images", "psnr", "ssim", "input_psnr", "input_ssim")}
+            results.append({"set": set_name, **summary})
+            rows += [{"set": set_name, "sigma": sigma, "scale": scale, **r} for r in res["per_image"]]
+            run.log(event="result", set=set_name, **summary)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -68,7 +76,6 @@ def evaluate_run(cfg: "EvalConfig", out: str | Path, *, overwrite: bool = False,
     atomic_write_bytes(run / "per_image.csv", text.getvalue().encode())
     metrics = {"model": cfg.model, "results": results, "convention": res["convention"]}
     write_json(run / "metrics.json", metrics)
-    run.close()
     return metrics
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from hinas.errors import ConfigError, GenotypeError
-from hinas.files import atomic_write_bytes
+from hinas.files import atomic_write_bytes, read_regular
 from hinas.nas.ops import get_op
 from hinas.nas.space import MOVES, SearchSpace
 
@@ -121,11 +121,10 @@ class Genotype:
     @classmethod
     def load(cls, path: str | Path) -> "Genotype":
         path = Path(path)
+        data = read_regular(path, "genotype file", GenotypeError, MAX_BYTES)
         try:
-            if path.stat().st_size > MAX_BYTES:
-                raise GenotypeError(f"{path}: {path.stat().st_size} bytes is far too large for a genotype file (limit {MAX_BYTES})")
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
             raise GenotypeError(f"{path}: cannot read genotype file ({err})") from None
         return cls.from_json(text, str(path))
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hinas.errors import GenotypeError
+from hinas.errors import ConfigError, GenotypeError
 from hinas.nas.baselines import DnCNN
 from hinas.nas.genotype import CellGenotype, Genotype
 from hinas.nas.layers import STEM_CHANNELS, Decoder, Stem, scaler
@@ -51,7 +51,14 @@ class Network(nn.Module):
 
     def __init__(self, genotype: Genotype, filters: int | None = None) -> None:
         super().__init__()
+        if not isinstance(genotype, Genotype):
+            raise GenotypeError(f"Network: genotype must be a Genotype (Genotype.load reads one), got {type(genotype).__name__}")
         space = genotype.space
+        if filters is not None:
+            widest = max(space.widths)
+            if isinstance(filters, bool) or not isinstance(filters, int) or not 1 <= filters * widest <= MAX_CHANNELS:
+                raise ConfigError(f"Network: filters must be None (the search's {space.filters}) or a positive integer "
+                                  f"within {MAX_CHANNELS} channels at width {widest:g}, got {filters!r}")
         self.genotype = genotype
         self.filters = f = filters or space.filters
         b = space.nodes
@@ -112,10 +119,9 @@ def save_model(model: "Network | DnCNN", path: str | Path, **extra: Any) -> Path
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> "Network | DnCNN":
     """Rebuild a saved network (or DnCNN baseline); ``torch.load(weights_only=True)`` refuses pickled code."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or hostile files
-        raise GenotypeError(f"{path}: not a loadable hinas checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+    from hinas.files import torch_load_untrusted
+
+    state = torch_load_untrusted(path, "network checkpoint", GenotypeError)
     if isinstance(state, dict) and state.get("format") == "hinas.dncnn":
         model: Network | DnCNN = _dncnn(path, state)
     elif not isinstance(state, dict) or state.get("format") != "hinas.network":
@@ -131,7 +137,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> "N
         model.load_state_dict(state.get("state_dict"))
     except (RuntimeError, TypeError, AttributeError) as err:
         raise GenotypeError(f"{path}: weights do not fit the genotype it names ({_first_line(err)})") from None
-    return model
+    return model.to(map_location)
 
 
 def _dncnn(path: str | Path, state: dict[str, Any]) -> DnCNN:

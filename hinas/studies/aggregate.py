@@ -15,18 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from hinas.errors import ConfigError
-from hinas.files import atomic_write_bytes, write_json
+from hinas.files import atomic_write_bytes, read_regular, write_json
 from hinas.nas.genotype import Genotype
 from hinas.studies.pipeline import flat_results
+
+MAX_METRICS_BYTES = 64 << 20
+"""A metrics file larger than this is refused unread (a pipeline report of every image stays far below)."""
 
 
 def load_run(path: str | Path) -> tuple[dict[str, float], Genotype | None]:
     """The numbers of one run and its genotype, when it has one."""
     path = Path(path)
     file = path / "metrics.json" if path.is_dir() else path
+    data = read_regular(file, "run metrics", ConfigError, MAX_METRICS_BYTES)
     try:
-        metrics = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        metrics = json.loads(data)
+    except (ValueError, RecursionError) as err:
         raise ConfigError(f"{file}: cannot read run metrics ({err}); pass run directories or metrics JSON files") from None
     if not isinstance(metrics, dict):
         raise ConfigError(f"{file}: expected a JSON object of metrics")
