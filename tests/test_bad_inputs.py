@@ -193,7 +193,7 @@ def test_hostile_genotype_json_is_refused(tmp_path, text, message):
 
 
 def test_genotype_files_that_are_not_json_or_too_large_are_refused(tmp_path):
-    (tmp_path / "pickled.json").write_bytes(pickle.dumps({"schema": "hinas.nas.genotype"}))
+    (tmp_path / "pickled.json").write_bytes(pickle.dumps({"schema": "hinas.genotype"}))
     with pytest.raises(GenotypeError, match="cannot read genotype file"):
         Genotype.load(tmp_path / "pickled.json")
     (tmp_path / "big.json").write_text(" " * (MAX_BYTES + 1))
@@ -236,7 +236,7 @@ class Payload:
 def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path, capsys):
     marker = tmp_path / "pwned"
     hostile = tmp_path / "hostile.pt"
-    torch.save({"format": "hinas.nas.network", "genotype": Payload(marker)}, hostile)
+    torch.save({"format": "hinas.network", "genotype": Payload(marker)}, hostile)
     with pytest.raises(GenotypeError, match="refused: it holds objects other than tensors and plain data .GLOBAL posix.system"):
         load_model(hostile)
     with pytest.raises(CheckpointError, match="holds objects other than tensors and plain data.*GLOBAL posix.system"):

@@ -90,7 +90,7 @@ def test_json_round_trip_is_exact(tmp_path):
                                   (("sep_conv_5x5", 0), ("dil_conv_3x3", 3))),) * 2, meta={"epoch": 61})
     path = g.save(tmp_path / "genotype.json")
     data = json.loads(path.read_text())
-    assert data["schema"] == "hinas.nas.genotype" and data["schema_version"] == SCHEMA_VERSION
+    assert data["schema"] == "hinas.genotype" and data["schema_version"] == SCHEMA_VERSION
     back = Genotype.load(path)
     assert back == g and back.meta == {"epoch": 61} and back.to_json() == g.to_json()
 
@@ -125,7 +125,7 @@ INVALID = [
     ("unknown field", edit(lambda d: d.update(extra=1)), "unknown field(s) 'extra'"),
     ("missing field", edit(lambda d: d.pop("path")), "missing field(s) 'path'"),
     ("string where index", edit(lambda d: d["cells"][0][0][0].update(input="1")), "expected an integer state index, got '1'"),
-    ("malformed JSON", '{"schema": "hinas.nas.genotype", "path": [0, 1,', "not valid JSON"),
+    ("malformed JSON", '{"schema": "hinas.genotype", "path": [0, 1,', "not valid JSON"),
     ("not an object", "[1, 2, 3]", "a genotype must be a JSON object, got list"),
 ]
 

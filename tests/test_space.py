@@ -50,7 +50,7 @@ def test_round_trip_through_plain_data():
         ({"ops": ["zero"]}, "other than 'zero'"),
         ({"sharing": "global"}, "space.sharing: 'global' is not valid; choose one of 'lwas' | 'tied' | 'independent'"),
         ({"layers": "3"}, "space.layers: expected an integer, got '3'"),
-        ({"nodez": 4}, "unknown key(s) 'nodez'; valid keys: task, in_channels"),
+        ({"nodez": 4}, "unknown key(s) 'nodez' (did you mean 'nodes'?); valid keys: cell_eval, filters"),
     ],
 )
 def test_bad_settings_name_the_key_and_what_is_valid(data, message):
