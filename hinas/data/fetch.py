@@ -260,9 +260,9 @@ def _download(source: Source, root: Path, work: Path, expected: tuple[str, str] 
     try:
         return Path(store.fetch(fname, downloader=pooch.HTTPDownloader(progressbar=progress, timeout=timeout)))
     except requests.HTTPError as e:
-        raise DataError(_unreachable(source, root, f"HTTP {e.response.status_code} {e.response.reason}")) from e
+        raise DownloadError(source, root, f"HTTP {e.response.status_code} {e.response.reason}") from e
     except requests.RequestException as e:
-        raise DataError(_unreachable(source, root, str(e) or type(e).__name__)) from e
+        raise DownloadError(source, root, str(e) or type(e).__name__) from e
     except ValueError as e:  # pooch: the sha256 differs from the expected one (it deleted the download)
         if expected is None:
             raise
@@ -273,13 +273,17 @@ def _download(source: Source, root: Path, work: Path, expected: tuple[str, str] 
         ) from e
 
 
-def _unreachable(source: Source, root: Path, reason: str) -> str:
-    where = ", ".join(f"{root / f}/" for f in source.folders)
-    return (
-        f"cannot fetch {source.name} from {source.url} ({reason}); this machine may be offline. "
-        f"Download it elsewhere and place its images under {where}, "
-        f"or point {DATA_ROOT_ENV} / data_root at an existing copy"
-    )
+class DownloadError(DataError):
+    """A download that did not arrive (no network, an HTTP error), as against one that arrived wrong; ``reason`` says why."""
+
+    def __init__(self, source: Source, root: Path, reason: str) -> None:
+        self.reason = reason
+        where = ", ".join(f"{root / f}/" for f in source.folders)
+        super().__init__(
+            f"cannot fetch {source.name} from {source.url} ({reason}); this machine may be offline. "
+            f"Download it elsewhere and place its images under {where}, "
+            f"or point {DATA_ROOT_ENV} / data_root at an existing copy"
+        )
 
 
 def _read_lock(path: Path) -> dict:

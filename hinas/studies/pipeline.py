@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hinas.data.fetch import source_of
+from hinas.data.fetch import DownloadError, source_of
 from hinas.data.fetch import fetch as download
 from hinas.data.images import DATA_ROOT_ENV, NAMED_SETS, ImageSet, folder_images, load_images, named_set
 from hinas.errors import ConfigError, DataError
@@ -128,6 +128,8 @@ def _gather(name: str, cfg: DataConfig, root: Path, local: Path | None, failed: 
         if source.name not in failed:
             try:
                 download([source.name], root, progress=False)
+            except DownloadError as e:
+                failed[source.name] = e.reason
             except DataError as e:
                 failed[source.name] = str(e)
         if source.name not in failed:
