@@ -62,7 +62,7 @@ def write_archive(path: Path, kind: str, members: dict[str, bytes], symlinks: di
 
 
 def toy(url: str, **changes) -> dict[str, Source]:
-    spec = dict(members={PREFIX + "train/": "train", PREFIX + "val/": "val"}, counts={"train": 2, "val": 1})
+    spec = {"members": {PREFIX + "train/": "train", PREFIX + "val/": "val"}, "counts": {"train": 2, "val": 1}}
     spec.update(changes)
     return {"toy": Source("toy", url, "zip" if url.endswith(".zip") else "tar", **spec)}
 
