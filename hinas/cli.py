@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--overwrite", action="store_true", help="replace restored images already in the output folder")
     res.add_argument("--quiet", action="store_true", help="no progress bar")
     prep = sub.add_parser("prepare", help="gather the data sets a pipeline reads (local copies first, else downloads) and "
-                          "write their manifest", allow_abbrev=False)
+                          "write their manifest", allow_abbrev=False,
+                          description="Gather the sets named in the config (keys: root, data_root, link, download, denoise, "
+                          "sr) into its root: a set already there is kept, one in data_root (empty: $HINAS_DATA_ROOT) is "
+                          "symlinked or copied, any other downloaded; then write each set's image count and sha256. "
+                          "Example: hinas prepare --config params.yaml:data --task denoise --out runs/dvc/data/denoise.json")
     prep.add_argument("--config", metavar="FILE[:SECTION]", required=True,
                       help="settings of hinas.studies.pipeline.DataConfig, e.g. params.yaml:data")
     prep.add_argument("--task", choices=["denoise", "sr"], help="only the sets of this half of the pipeline (default: both)")
