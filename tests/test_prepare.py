@@ -65,7 +65,8 @@ def test_local_sets_are_linked_with_digests_and_the_missing_ones_named(tmp_path,
 def test_copies_and_the_environment_variable_and_folders_never_replaced(tmp_path, local, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HINAS_DATA_ROOT", str(local))
-    cfg = DataConfig(link="copy", download=False, denoise=("Set12",), sr=("Set5",))
+    monkeypatch.setattr(pipeline, "download", lambda *a, **k: pytest.fail("downloaded over a folder of real files"))
+    cfg = DataConfig(link="copy", denoise=("Set12",), sr=("Set5",))
     (tmp_path / "data/raw/Set5/HR").mkdir(parents=True)
     (tmp_path / "data/raw/Set5/HR/mine.png").write_bytes((local / "Set5/HR/000.png").read_bytes())
     with pytest.raises(DataError, match=r"hold 1 images, not 5; remove what is there to take the set from"):

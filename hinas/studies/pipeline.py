@@ -118,7 +118,7 @@ def _gather(name: str, cfg: DataConfig, root: Path, local: Path | None, failed: 
             _link(name, local, root, cfg.link)
             if (problem := _incomplete(name, root)) is None:
                 return named_set(name, root), f"{'symlinked' if cfg.link == 'symlink' else 'copied'} from {local}"
-            tried.append(f"{problem}; remove what is there to take the set from {local}")
+            raise DataError(f"{problem}; remove what is there to take the set from {local}")  # not downloaded over it either
         else:
             tried.append(local_problem)
     else:
