@@ -41,7 +41,7 @@ from hinas.errors import ConfigError, DataError
 from hinas.files import write_json
 
 LOCK_NAME = "sources.lock.json"
-"""Default lock file, inside the data root so that ``dvc add`` versions it with the images."""
+"""Default lock file, inside the data root, so that it travels with the images it pins."""
 
 
 @dataclass(frozen=True)
