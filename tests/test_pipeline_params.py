@@ -9,6 +9,7 @@ would read is checked against what the pipeline gathers and declares.
 
 import ast
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -141,3 +142,23 @@ def test_a_wrong_name_fails_the_check(tmp_path, monkeypatch, capsys, no_work):
         run_cli(["prepare", "--config", "params.yaml:data", "--task", "denoise", "--out", "x.json"], capsys)
     with pytest.raises(pytest.fail.Exception, match="no section 'search_denoize'"):
         run_cli(["search", "--config", "params.yaml:search_denoize"], capsys)
+
+
+def test_the_documented_experiment_overrides_resolve(tmp_path, monkeypatch, capsys, no_work):
+    """Every ``dvc exp run -S ++SECTION.KEY=VALUE`` in the README and params.yaml names a real setting."""
+    text = (ROOT / "README.md").read_text() + (ROOT / "params.yaml").read_text()
+    overrides = set(re.findall(r'-S "?\+\+([\w.]+)=([^"`\s]+)', text))
+    assert {key for key, _ in overrides} >= {"search_denoise.seed", "search_denoise.space.sharing", "search_denoise.epochs"}
+    monkeypatch.chdir(tmp_path)
+    for key, value in overrides:
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        section, *path = key.split(".")
+        node = params[section]
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = yaml.safe_load(value.replace("$seed", "3"))
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        cfg = run_cli([section.split("_")[0], "--config", f"params.yaml:{section}"], capsys)["args"][0]
+        for k in path:
+            cfg = getattr(cfg, k)
+        assert cfg == node[path[-1]], key
