@@ -127,7 +127,7 @@ def _gather(name: str, cfg: DataConfig, root: Path, local: Path | None, failed: 
     if source is not None and cfg.download:
         if source.name not in failed:
             try:
-                download([source.name], root, progress=False)
+                download([source.name], root, progress=sys.stderr.isatty())
             except DownloadError as e:
                 failed[source.name] = e.reason
             except DataError as e:
