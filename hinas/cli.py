@@ -58,9 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--backend", choices=RUNNERS, default="torch", help="as for evaluate (default: %(default)s)")
     res.add_argument("--overwrite", action="store_true", help="replace restored images already in the output folder")
     res.add_argument("--quiet", action="store_true", help="no progress bar")
-    prep = sub.add_parser("prepare", help="fetch data sources and write a manifest of the sets a pipeline reads", allow_abbrev=False)
-    prep.add_argument("--config", metavar="FILE[:SECTION]", required=True, help="mapping with 'fetch' (sources) and 'sets'")
-    prep.add_argument("--out", metavar="MANIFEST", required=True)
+    prep = sub.add_parser("prepare", help="gather the data sets a pipeline reads (local copies first, else downloads) and "
+                          "write their manifest", allow_abbrev=False,
+                          description="Gather the sets named in the config (keys: root, data_root, link, download, denoise, "
+                          "sr) into its root: a set already there is kept, one in data_root (empty: $HINAS_DATA_ROOT) is "
+                          "symlinked or copied, any other downloaded; then write each set's image count and sha256. "
+                          "Example: hinas prepare --config params.yaml:data --task denoise --out runs/dvc/data/denoise.json")
+    prep.add_argument("--config", metavar="FILE[:SECTION]", required=True,
+                      help="settings of hinas.studies.pipeline.DataConfig, e.g. params.yaml:data")
+    prep.add_argument("--task", choices=["denoise", "sr"], help="only the sets of this half of the pipeline (default: both)")
+    prep.add_argument("--out", metavar="MANIFEST", required=True, help="JSON file of each set's image count and sha256")
     rep = sub.add_parser("report", help="gather evaluate_*/*/metrics.json of a pipeline into one table", allow_abbrev=False)
     rep.add_argument("runs", help="the pipeline's run folder")
     rep.add_argument("--json", required=True, help="flat metrics file to write")
@@ -170,10 +177,11 @@ def _pipeline(args: argparse.Namespace) -> int:
     from hinas.studies import pipeline
 
     if args.command == "prepare":
-        section = load_section(args.config)
-        manifest = pipeline.prepare(list(section.get("fetch", [])), list(section.get("sets", [])), section.get("root") or None, args.out)
-        counts = ", ".join(f"{name}: {info['images']} images" for name, info in manifest["sets"].items())
-        print(f"manifest: {args.out} ({counts})")
+        from hinas.config import from_dict
+
+        cfg = from_dict(pipeline.DataConfig, load_section(args.config), args.config)
+        manifest = pipeline.prepare(cfg, args.task, args.out)
+        print(f"manifest: {args.out} ({len(manifest)} sets)")
     elif args.command == "aggregate":
         from hinas.studies import aggregate
 

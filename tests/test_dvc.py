@@ -1,4 +1,6 @@
-"""The DVC pipeline end to end at smoke size, offline: dvc repro, then nothing left to do, real metrics."""
+"""The DVC pipeline end to end at smoke size, offline, in a fresh git + DVC repository as a user would have it:
+dvc repro, then nothing left to do and a clean status, flat numeric metrics, outputs that survive a failed
+stage, and the README's experiment recipe (dvc exp run -S, exp show, git show of a kept metrics file)."""
 
 import json
 import math
@@ -14,20 +16,34 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def dvc(args, cwd, env):
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+def run(args, cwd, env, timeout=900):
+    return subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def dvc(args, cwd, env, timeout=900):
+    return run([sys.executable, "-m", "dvc", *args], cwd, env, timeout)
+
+
+def git(args, cwd, env):
+    result = run(["git", *args], cwd, env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
-    shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "notebooks/05_results.ipynb"):
+        (work / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, work / name)
     shutil.copy(ROOT / "params-smoke.yaml", work / "params.yaml")
-    (work / "notebooks").mkdir()
-    shutil.copy(ROOT / "notebooks/05_results.ipynb", work / "notebooks/05_results.ipynb")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("HINAS_DATA_ROOT", None)
-    assert dvc(["init", "--no-scm", "-q"], work, env).returncode == 0
+    git(["init", "-q"], work, env)
+    assert dvc(["init", "-q"], work, env).returncode == 0
+    git(["add", "-A"], work, env)
+    git(["commit", "-qm", "pipeline"], work, env)
     first = dvc(["repro"], work, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return work, env, first
@@ -35,8 +51,8 @@ def pipeline(tmp_path_factory):
 
 def test_every_stage_ran_and_the_report_holds_real_numbers(pipeline):
     work, _, first = pipeline
-    for stage in ("prepare", "search_denoise", "search_sr", "retrain_denoise@25", "retrain_sr@2", "evaluate_denoise@25",
-                  "evaluate_sr@2", "report", "results"):
+    for stage in ("prepare@denoise", "prepare@sr", "search_denoise", "search_sr", "retrain_denoise@25", "retrain_sr@2",
+                  "evaluate_denoise@25", "evaluate_sr@2", "report", "results"):
         assert f"Running stage '{stage}'" in first.stdout, stage
     results = json.loads((work / "runs/dvc/results.json").read_text())
     assert set(results) == {f"{task}/{level}/embedded-val/{key}" for task, level in (("denoise", "sigma25"), ("sr", "x2"))
@@ -49,26 +65,81 @@ def test_every_stage_ran_and_the_report_holds_real_numbers(pipeline):
     assert {r["model"] for r in report["rows"]} >= {"hinas-lwas-s0", "random-0", "dncnn-17", "bicubic"}
 
 
-def test_a_second_repro_has_nothing_to_do(pipeline):
+def test_a_second_repro_has_nothing_to_do_and_git_sees_only_what_to_commit(pipeline):
     work, env, _ = pipeline
     again = dvc(["repro"], work, env)
     assert again.returncode == 0 and "Running stage" not in again.stdout
-    status = dvc(["status"], work, env)
-    assert "Data and pipelines are up to date" in status.stdout
+    assert "Data and pipelines are up to date" in dvc(["status"], work, env).stdout
+    changed = {line[3:].split("/")[0] for line in git(["status", "--porcelain", "--untracked-files=normal"], work, env).splitlines()}
+    assert changed == {"dvc.lock", "metrics"}, changed  # runs/, data/raw/, dvc_plots/ are ignored
+
+
+def test_metrics_are_flat_numbers_and_plots_are_declared(pipeline):
+    work, env, _ = pipeline
+    shown = dvc(["metrics", "show", "--json"], work, env)
+    assert shown.returncode == 0, shown.stderr
+    files = json.loads(shown.stdout)[""]["data"]
+    numbers = {f"{path}:{key}": value for path, entry in files.items() for key, value in entry["data"].items()}
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values()), numbers
+    assert numbers["metrics/evaluate_denoise/sigma25/metrics.json:denoise/sigma25/embedded-val/psnr"] > 0
+    assert "metrics/search_denoise/metrics.json:val_psnr" in numbers and len(files) == 6
+    plots = dvc(["plots", "show", "--json"], work, env)
+    assert plots.returncode == 0
+    for stage in ("search_denoise", "search_sr", "retrain_denoise/sigma25", "retrain_sr/x2"):
+        assert f"metrics/{stage}/history.json" in plots.stdout, stage
 
 
 def test_changing_a_param_reruns_only_what_depends_on_it(pipeline):
     work, env, _ = pipeline
-    params = yaml.safe_load((work / "params.yaml").read_text())
+    original = (work / "params.yaml").read_text()
+    params = yaml.safe_load(original)
     params["evaluate_sr"]["tile"] = 32
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     status = dvc(["status"], work, env).stdout
+    (work / "params.yaml").write_text(original)
     assert "evaluate_sr@2" in status and "search_denoise" not in status and "retrain_sr@2" not in status
 
 
-def test_metrics_and_plots_are_declared(pipeline):
+def test_a_failing_stage_keeps_the_last_good_outputs(pipeline):
     work, env, _ = pipeline
-    shown = dvc(["metrics", "show", "--json"], work, env)
-    assert shown.returncode == 0 and "results.json" in shown.stdout and "val_psnr" in shown.stdout
-    plots = dvc(["plots", "show", "--json"], work, env)
-    assert plots.returncode == 0 and "history.json" in plots.stdout
+    manifest = (work / "runs/dvc/data/denoise.json").read_text()
+    original = (work / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["data"].update(download=False, denoise=["Set12"])
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    failed = dvc(["repro", "prepare@denoise"], work, env)
+    (work / "params.yaml").write_text(original)
+    assert failed.returncode != 0 and "Set12: no data/raw/Set12/" in failed.stderr + failed.stdout
+    assert (work / "runs/dvc/data/denoise.json").read_text() == manifest
+    assert "Data and pipelines are up to date" in dvc(["status"], work, env).stdout
+
+
+def test_the_seeds_recipe_keeps_each_experiments_metrics(pipeline):
+    """README, "Seeds and ablations": an experiment's metrics show in exp show and come out of its commit."""
+    work, env, _ = pipeline
+    git(["add", "-A"], work, env)
+    git(["commit", "-qm", "pipeline state"], work, env)
+    ran = dvc(["exp", "run", "search_denoise", "-S", "++search_denoise.seed=1"], work, env)
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    assert "Running stage 'search_denoise'" in ran.stdout and "Running stage 'prepare@denoise'" not in ran.stdout
+    shown = dvc(["exp", "show", "--only-changed", "--json"], work, env)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    exps = [e for row in rows for e in row.get("experiments") or []]
+    assert len(exps) == 1
+    exp = exps[0]["revs"][0]
+    kept = exp["data"]["metrics"]["metrics/search_denoise/metrics.json"]["data"]
+    assert exp["data"]["params"]["params.yaml"]["data"]["search_denoise"]["seed"] == 1
+    assert isinstance(kept["val_psnr"], float)
+    sha = dvc(["exp", "ls", "--sha-only"], work, env).stdout.split()[-1]
+    assert json.loads(git(["show", f"{sha}:metrics/search_denoise/metrics.json"], work, env)) == kept
+    committed = set(git(["show", "--name-only", "--format=", sha], work, env).split())  # no data.dvc, nothing from runs/
+    assert {"dvc.lock", "params.yaml", "metrics/search_denoise/metrics.json"} <= committed <= {
+        "dvc.lock", "params.yaml", *(f"metrics/search_denoise/{f}.json" for f in ("metrics", "history", "genotype"))}
+    for rev in ("HEAD", sha):
+        (work / "runs/seeds" / rev).mkdir(parents=True)
+        for f in ("metrics", "genotype"):
+            (work / "runs/seeds" / rev / f"{f}.json").write_text(git(["show", f"{rev}:metrics/search_denoise/{f}.json"], work, env))
+    agg = run(["hinas", "aggregate", "runs/seeds/HEAD", f"runs/seeds/{sha}"], work, env)
+    assert agg.returncode == 0 and "2 runs" in agg.stdout and "| val_psnr |" in agg.stdout, agg.stdout + agg.stderr
+    assert "Genotypes: " in agg.stdout

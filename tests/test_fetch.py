@@ -1,3 +1,5 @@
+"""The dataset fetcher, offline: archives served by a loopback HTTP server, downloaded through pooch."""
+
 import hashlib
 import io
 import json
@@ -15,7 +17,7 @@ import skimage.data
 from PIL import Image
 
 from hinas.data import fetch as fetch_module
-from hinas.data.fetch import SOURCES, Source, fetch, main
+from hinas.data.fetch import SOURCES, Source, fetch, main, source_names, source_of
 from hinas.data.images import NAMED_SETS
 from hinas.errors import ConfigError, DataError
 
@@ -60,14 +62,24 @@ def write_archive(path: Path, kind: str, members: dict[str, bytes], symlinks: di
 
 
 def toy(url: str, **changes) -> dict[str, Source]:
-    spec = dict(members={PREFIX + "train/": "train", PREFIX + "val/": "val"}, counts={"train": 2, "val": 1})
+    spec = {"members": {PREFIX + "train/": "train", PREFIX + "val/": "val"}, "counts": {"train": 2, "val": 1}}
     spec.update(changes)
     return {"toy": Source("toy", url, "zip" if url.endswith(".zip") else "tar", **spec)}
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
+    fail_next = 0
+    """Answer this many next requests with HTTP 503 (a flaky server), then serve files."""
+
     def log_message(self, *args) -> None:
         pass
+
+    def do_GET(self) -> None:
+        if QuietHandler.fail_next:
+            QuietHandler.fail_next -= 1
+            self.send_error(503)
+            return
+        super().do_GET()
 
 
 @pytest.fixture
@@ -134,7 +146,7 @@ def test_changed_archive_is_refused_and_data_left_alone(server, tmp_path, kind):
 
     new = hashlib.sha256(write_archive(www / name, kind, photos(offset=10))).hexdigest()
     with pytest.raises(DataError, match="toy") as err:
-        fetch(["toy"], root, sources=sources, progress=False)
+        fetch(["toy"], root, sources=sources, retries=0, progress=False)
     assert old in str(err.value) and new in str(err.value) and sources["toy"].url in str(err.value)
     assert tree(root) == before
     assert sorted(p.name for p in root.iterdir()) == ["sources.lock.json", "train", "val"]
@@ -143,8 +155,8 @@ def test_changed_archive_is_refused_and_data_left_alone(server, tmp_path, kind):
 def test_sha256_in_the_table_wins_over_first_use(server, tmp_path):
     www, base = server
     got = hashlib.sha256(write_archive(www / "toy.zip", "zip", photos())).hexdigest()
-    with pytest.raises(DataError, match=f"{got}.*{'0' * 64}"):
-        fetch(["toy"], tmp_path / "data", sources=toy(f"{base}/toy.zip", sha256="0" * 64), progress=False)
+    with pytest.raises(DataError, match=f"expected sha256:{'0' * 64} but got {got}.*SOURCES pins"):
+        fetch(["toy"], tmp_path / "data", sources=toy(f"{base}/toy.zip", sha256="0" * 64), retries=0, progress=False)
     assert not (tmp_path / "data" / "train").exists() and not (tmp_path / "data" / "sources.lock.json").exists()
 
 
@@ -158,7 +170,7 @@ def test_unreachable_url_says_how_to_use_a_local_copy(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/toy.zip"
     root = tmp_path / "data"
     with pytest.raises(DataError, match="HINAS_DATA_ROOT") as err:
-        fetch(["toy"], root, sources=toy(url), timeout=5, progress=False)
+        fetch(["toy"], root, sources=toy(url), timeout=5, retries=0, progress=False)
     assert "cannot fetch toy from " + url in str(err.value) and str(root / "train") in str(err.value)
     assert list(root.iterdir()) == []
 
@@ -166,7 +178,7 @@ def test_unreachable_url_says_how_to_use_a_local_copy(tmp_path):
 def test_http_error_is_a_data_error(server, tmp_path):
     _, base = server
     with pytest.raises(DataError, match="HTTP 404.*HINAS_DATA_ROOT"):
-        fetch(["toy"], tmp_path / "data", sources=toy(f"{base}/missing.zip"), progress=False)
+        fetch(["toy"], tmp_path / "data", sources=toy(f"{base}/missing.zip"), retries=0, progress=False)
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar"])
@@ -226,8 +238,10 @@ def test_main_reports_fetched_and_exits_2_on_data_error(server, tmp_path, monkey
     assert "skipped toy" in capsys.readouterr().out
 
     monkeypatch.setattr(fetch_module, "SOURCES", toy(f"http://127.0.0.1:{free_port()}/toy.zip"))
-    assert main(["toy", "--data-root", str(tmp_path / "other"), "--timeout", "5"]) == 2
+    assert main(["toy", "--data-root", str(tmp_path / "other"), "--timeout", "5", "--retries", "0"]) == 2
     assert "HINAS_DATA_ROOT" in capsys.readouterr().err
+    assert main(["nope", "--data-root", str(root)]) == 2
+    assert "unknown source(s) nope; known: toy" in capsys.readouterr().err
 
 
 def test_sources_table_is_consistent():
@@ -249,3 +263,23 @@ def test_source_must_check_every_mapped_folder():
         Source("x", "https://example.org/x.zip", "zip", {"a/": "A"}, sets=("Set6",))
     with pytest.raises(ConfigError, match="unknown source"):
         fetch(["nope"], "/nonexistent", sources={})
+
+
+def test_a_failed_download_is_retried(server, tmp_path, monkeypatch):
+    www, base = server
+    write_archive(www / "toy.zip", "zip", photos())
+    monkeypatch.setattr(QuietHandler, "fail_next", 1)
+    with pytest.raises(DataError, match="HTTP 503"):
+        fetch(["toy"], tmp_path / "a", sources=toy(f"{base}/toy.zip"), retries=0, progress=False)
+    monkeypatch.setattr(QuietHandler, "fail_next", 1)
+    assert fetch(["toy"], tmp_path / "b", sources=toy(f"{base}/toy.zip"), retries=1, progress=False) == {"toy": "fetched"}
+    assert QuietHandler.fail_next == 0 and len(tree(tmp_path / "b" / "train")) == 2
+
+
+def test_names_match_without_case_and_sets_know_their_source():
+    assert source_names(["bsds500", "div2k-train", "DIV2K-train", "sr-benchmark", "dncnn-testsets"]) == [
+        "BSDS500", "DIV2K-train", "SR-benchmark", "DnCNN-testsets"]
+    with pytest.raises(ConfigError, match="unknown source.*bsds; known: BSDS500, DIV2K-train"):
+        source_names(["bsds"])
+    assert source_of("B100").name == "BSDS500" and source_of("Set12").name == "DnCNN-testsets"
+    assert source_of("T91") is None

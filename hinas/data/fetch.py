@@ -1,12 +1,13 @@
-"""Download the raw benchmark data into a data root laid out as ``hinas.data.NAMED_SETS`` expects.
+"""Download the raw benchmark data into a data root laid out as ``hinas.data.images.NAMED_SETS`` expects.
 
-Meant to run as a DVC stage (``python -m hinas.fetch NAME... --data-root DIR``)
-whose output ``dvc add`` then versions. Each archive's sha256 is checked against
-the ``SOURCES`` table or, where the table has none, against the lock file that the
-first fetch wrote (trust on first use), so a later fetch cannot silently pull
-different pictures. Only the mapped image members are extracted, into a temporary
-folder inside the data root that is checked and then renamed into place: an
-interrupted or refused fetch leaves no half-written folder behind.
+Used by the pipeline's ``prepare`` stage (``hinas.studies.pipeline``) and on its own
+(``python -m hinas.data.fetch NAME... --data-root DIR``). Downloads go through pooch
+(retries, a progress bar, and its sha256 check): each archive must match the
+``SOURCES`` table or, where the table has none, the lock file that the first fetch
+wrote (trust on first use), so a later fetch cannot silently pull different pictures.
+Only the mapped image members are extracted, into a temporary folder inside the data
+root that is checked and then renamed into place: an interrupted or refused fetch
+leaves no half-written folder behind, and the lock changes only after a fetch succeeded.
 
 Left out: Manga109 (its licence needs a request form), Kodak24, McMaster and T91
 (not in the paper's pipeline; no source checked here). B100 comes from the
@@ -19,16 +20,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
-import hashlib
-import http.client
 import json
 import os
 import shutil
 import sys
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,14 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
-from tqdm import tqdm
+import pooch
+import requests
 
 from hinas.data.images import DATA_ROOT_ENV, IMAGE_SUFFIXES, NAMED_SETS, folder_images, named_set
 from hinas.errors import ConfigError, DataError
 from hinas.files import write_json
 
 LOCK_NAME = "sources.lock.json"
-"""Default lock file, inside the data root so that ``dvc add`` versions it with the images."""
+"""Default lock file, inside the data root, so that it travels with the images it pins."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +150,20 @@ SOURCES = {
 """The public archives of the paper pipeline's data sets, by name."""
 
 
+def source_names(names: Sequence[str], sources: Mapping[str, Source] = SOURCES) -> list[str]:
+    """The table's spelling of each name, matched without regard to case (``bsds500`` is ``BSDS500``)."""
+    by_lower = {name.lower(): name for name in sources}
+    unknown = [n for n in names if n.lower() not in by_lower]
+    if unknown:
+        raise ConfigError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(sources)}")
+    return list(dict.fromkeys(by_lower[n.lower()] for n in names))
+
+
+def source_of(set_name: str, sources: Mapping[str, Source] = SOURCES) -> Source | None:
+    """The source whose archive provides the named set, if any."""
+    return next((s for s in sources.values() if set_name in s.sets), None)
+
+
 def fetch(
     names: Sequence[str],
     data_root: str | Path,
@@ -159,27 +171,27 @@ def fetch(
     sources: Mapping[str, Source] = SOURCES,
     lock_path: str | Path | None = None,
     timeout: float = 60,
+    retries: int = 3,
     progress: bool = True,
 ) -> dict[str, str]:
     """Download and unpack each named source unless its folders are already complete.
 
-    Returns name -> ``"fetched"`` or ``"skipped"``. A fetched archive's url, sha256
-    and size go into the lock file (default ``<data_root>/sources.lock.json``);
-    folders already there but incomplete are replaced.
+    Names match ``sources`` without regard to case. Returns name -> ``"fetched"`` or
+    ``"skipped"``. A failed download is tried ``retries`` more times (pooch waits 1, 2, ...
+    seconds between tries). A fetched archive's url, sha256 and size go into the lock file
+    (default ``<data_root>/sources.lock.json``); folders already there but incomplete are replaced.
     """
-    unknown = [n for n in names if n not in sources]
-    if unknown:
-        raise ConfigError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(sources)}")
+    names = source_names(names, sources)
     root = Path(data_root)
     root.mkdir(parents=True, exist_ok=True)
     lock_path = Path(lock_path) if lock_path is not None else root / LOCK_NAME
     done = {}
-    for name in dict.fromkeys(names):
+    for name in names:
         source = sources[name]
         if _complete(source, root):
             done[name] = "skipped"
             continue
-        entry = _fetch_one(source, root, lock_path, timeout, progress)
+        entry = _fetch_one(source, root, lock_path, timeout, retries, progress)
         lock = _read_lock(lock_path)
         lock[name] = entry
         lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,26 +200,24 @@ def fetch(
     return done
 
 
-def _fetch_one(source: Source, root: Path, lock_path: Path, timeout: float, progress: bool) -> dict[str, str | int]:
+def _fetch_one(source: Source, root: Path, lock_path: Path, timeout: float, retries: int, progress: bool) -> dict[str, str | int]:
     """Download, check and unpack into a temporary folder inside ``root``, then rename into place."""
     work = Path(tempfile.mkdtemp(prefix=f".fetch-{source.name}-", dir=root))
-    archive, tree = work / "archive.part", work / "tree"
+    tree = work / "tree"
     try:
-        with open(archive, "wb") as out:
-            sha, size = _download(source, root, out, timeout, progress)
-        _check_hash(source, sha, lock_path)
+        archive = _download(source, root, work, _expected_hash(source, lock_path), timeout, retries, progress)
         _extract(source, archive, tree)
         try:
             _check(source, tree)
         except DataError as e:
             raise DataError(
                 f"{source.name}: the archive from {source.url} does not hold the expected images ({e}); "
-                "its layout may have changed: update members in hinas.fetch.SOURCES"
+                "its layout may have changed: update members in hinas.data.fetch.SOURCES"
             ) from e
         _place(source, tree, root, work)
+        return {"url": source.url, "sha256": pooch.file_hash(str(archive)), "bytes": archive.stat().st_size}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"url": source.url, "sha256": sha, "bytes": size}
 
 
 def _complete(source: Source, root: Path) -> bool:
@@ -230,44 +240,50 @@ def _check(source: Source, root: Path) -> None:
             named_set(name, root)
 
 
-_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError)
+def _expected_hash(source: Source, lock_path: Path) -> tuple[str, str] | None:
+    """(sha256, how to accept a new archive) from the table, else from the lock entry for the same url;
+    None (trust on first use) when neither has one."""
+    entry = _read_lock(lock_path).get(source.name)
+    if source.sha256:
+        return source.sha256, "hinas.data.fetch.SOURCES pins that sha256: if the new archive is right, update it there"
+    if isinstance(entry, dict) and entry.get("url") == source.url and entry.get("sha256"):
+        return entry["sha256"], f"{lock_path} pins that sha256: if the new archive is right, delete its {source.name!r} entry"
+    return None
 
 
-def _download(source: Source, root: Path, out: IO[bytes], timeout: float, progress: bool) -> tuple[str, int]:
-    """Stream ``source.url`` into ``out``; (sha256, bytes)."""
-    digest, size, total = hashlib.sha256(), 0, None
-    request = urllib.request.Request(source.url, headers={"User-Agent": "hinas-fetch"})
+def _download(source: Source, root: Path, work: Path, expected: tuple[str, str] | None, timeout: float, retries: int,
+              progress: bool) -> Path:
+    """Download ``source.url`` into ``work`` with pooch, checked against ``expected``; the archive's path."""
+    fname = "archive"
+    store = pooch.create(path=work, base_url="", registry={fname: f"sha256:{expected[0]}" if expected else None},
+                         urls={fname: source.url}, retry_if_failed=retries)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=source.name, disable=not progress) as bar:
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                    bar.update(len(chunk))
-    except _NETWORK_ERRORS as e:
-        raise DataError(_unreachable(source, root, _reason(e))) from e
-    if total is not None and size != total:
-        raise DataError(_unreachable(source, root, f"the connection closed after {size} of {total} bytes"))
-    return digest.hexdigest(), size
+        return Path(store.fetch(fname, downloader=pooch.HTTPDownloader(progressbar=progress, timeout=timeout)))
+    except requests.HTTPError as e:
+        raise DownloadError(source, root, f"HTTP {e.response.status_code} {e.response.reason}") from e
+    except requests.RequestException as e:
+        raise DownloadError(source, root, str(e) or type(e).__name__) from e
+    except ValueError as e:  # pooch: the sha256 differs from the expected one (it deleted the download)
+        if expected is None:
+            raise
+        mismatch = str(e).split(". ")[0]  # "SHA256 hash of downloaded file (archive) does not match ...: expected X but got Y"
+        raise DataError(
+            f"{source.name}: refused the archive from {source.url}: {mismatch}. It changed upstream or was damaged in "
+            f"transit; the data folders were left as they were. {expected[1]}"
+        ) from e
 
 
-def _reason(e: Exception) -> str:
-    if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {e.reason}"
-    if isinstance(e, urllib.error.URLError):
-        return str(e.reason)
-    return str(e) or type(e).__name__
+class DownloadError(DataError):
+    """A download that did not arrive (no network, an HTTP error), as against one that arrived wrong; ``reason`` says why."""
 
-
-def _unreachable(source: Source, root: Path, reason: str) -> str:
-    where = ", ".join(f"{root / f}/" for f in source.folders)
-    return (
-        f"cannot fetch {source.name} from {source.url} ({reason}); this machine may be offline. "
-        f"Download it elsewhere and place its images under {where}, "
-        f"or point {DATA_ROOT_ENV} / data_root at an existing copy"
-    )
+    def __init__(self, source: Source, root: Path, reason: str) -> None:
+        self.reason = reason
+        where = ", ".join(f"{root / f}/" for f in source.folders)
+        super().__init__(
+            f"cannot fetch {source.name} from {source.url} ({reason}); this machine may be offline. "
+            f"Download it elsewhere and place its images under {where}, "
+            f"or point {DATA_ROOT_ENV} / data_root at an existing copy"
+        )
 
 
 def _read_lock(path: Path) -> dict:
@@ -280,23 +296,6 @@ def _read_lock(path: Path) -> dict:
     if not isinstance(lock, dict):
         raise DataError(f"lock file {path} must hold a JSON object of source name -> {{url, sha256, bytes}}")
     return lock
-
-
-def _check_hash(source: Source, sha: str, lock_path: Path) -> None:
-    """Compare with the table's sha256, else with the lock entry for the same url; none of either: trust on first use."""
-    entry = _read_lock(lock_path).get(source.name)
-    if source.sha256:
-        want, where, fix = source.sha256, "hinas.fetch.SOURCES", "update its sha256 in hinas.fetch.SOURCES"
-    elif isinstance(entry, dict) and entry.get("url") == source.url:
-        want, where, fix = entry.get("sha256"), str(lock_path), f"delete the {source.name!r} entry from {lock_path}"
-    else:
-        return
-    if sha != want:
-        raise DataError(
-            f"{source.name}: the archive from {source.url} has sha256 {sha}, but {where} expects {want}; "
-            "it changed upstream or was damaged in transit; the data folders were left as they were. "
-            f"If the new archive is right, {fix} and fetch again"
-        )
 
 
 _CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
@@ -376,20 +375,21 @@ def _place(source: Source, tree: Path, root: Path, trash: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hinas.fetch",
+        prog="python -m hinas.data.fetch",
         description="Download data sets into a data root laid out as hinas expects; complete ones are skipped.",
     )
-    parser.add_argument("names", nargs="+", metavar="NAME", choices=list(SOURCES), help=f"one of {', '.join(SOURCES)}")
+    parser.add_argument("names", nargs="+", metavar="NAME", help=f"one of {', '.join(SOURCES)} (any case)")
     parser.add_argument("--data-root", help=f"folder to fill (default: ${DATA_ROOT_ENV})")
     parser.add_argument("--lock", help=f"lock file of archive hashes (default: DATA_ROOT/{LOCK_NAME})")
     parser.add_argument("--timeout", type=float, default=60, help="seconds without data before giving up (default: 60)")
+    parser.add_argument("--retries", type=int, default=3, help="tries after a failed download (default: 3)")
     args = parser.parse_args(argv)
     root = args.data_root or os.environ.get(DATA_ROOT_ENV)
     if not root:
         parser.error(f"--data-root is required when {DATA_ROOT_ENV} is unset")
     try:
-        done = fetch(args.names, root, sources=SOURCES, lock_path=args.lock, timeout=args.timeout)
-    except DataError as e:
+        done = fetch(args.names, root, sources=SOURCES, lock_path=args.lock, timeout=args.timeout, retries=args.retries)
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name, status in done.items():

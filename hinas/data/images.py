@@ -310,7 +310,8 @@ def named_set(name: str, data_root: str | Path | None = None, channels: int | No
     spec = NAMED_SETS[name]
     root = data_root if data_root is not None else os.environ.get(DATA_ROOT_ENV)
     where = " and ".join(f"{f}/" for f in spec.folders)
-    hint = f"set HINAS_DATA_ROOT or pass data_root= to a folder that holds {where}"
+    hint = (f"pass data_root= a folder that holds {where} (HINAS_DATA_ROOT is read only when data_root is unset)"
+            if data_root is not None else f"set HINAS_DATA_ROOT or pass data_root= to a folder that holds {where}")
     if not root:
         raise DataError(f"data set {name!r} needs a data root: {hint}")
     parts = []
