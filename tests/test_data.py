@@ -324,7 +324,7 @@ def test_in_memory_keeps_8bit_images_as_uint8_and_gives_back_the_decoded_floats(
 )
 def test_patches_from_uint8_storage_equal_the_float_path(task, scale, rescale):
     images = eight_bit((3, 90, 100), (3, 75, 81))
-    kw = dict(task=task, scale=scale, rescale=rescale, sigma=(15, 50), length=24, seed=3)
+    kw = {"task": task, "scale": scale, "rescale": rescale, "sigma": (15, 50), "length": 24, "seed": 3}
     floats, held = PatchDataset(images, 12, **kw), PatchDataset(in_memory(images), 12, **kw)
     assert all(t.dtype == torch.uint8 for t in held.images.stored)
     for i in range(len(floats)):
