@@ -13,7 +13,8 @@ Parts, each in its own process group with its own time limit, so one that fails 
   100-epoch search (weight-only and arch+weight steps, 147 images x patches_per_image / batch steps per
   epoch, and one validation per epoch);
 - sync_warnings: host-device synchronisations in a few search steps (torch.cuda.set_sync_debug_mode("warn"));
-- resume_sigterm: a smoke search (checkpoint_every=1) SIGTERMed in a subprocess, then resumed to the end;
+- resume_sigterm: a smoke search (checkpoint_every=1) in a process of its own, SIGTERMed after its first step's
+  checkpoint, then resumed to the end;
 - bench_supernet / bench_inference: benchmarks/supernet.py --device cuda --quick and benchmarks/inference.py.
 
 ``--dry-run`` runs the same parts on the CPU with tiny sizes (tests/test_gpu_check.py, so this script cannot
@@ -102,13 +103,13 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize()
 
 
-def gray_pngs(folder: Path, count: int, height: int, width: int, seed: int = 0) -> Path:
+def gray_pngs(folder: Path, count: int, height: int, width: int) -> Path:
     """``count`` random 8-bit gray PNGs; what they show does not matter to timings."""
     import numpy as np
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     for i in range(count):
         smooth = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1), dtype=np.uint8)
         img = Image.fromarray(smooth).resize((width, height), Image.BILINEAR)  # compresses far faster than noise
@@ -124,13 +125,13 @@ def environment(ctx: Context) -> dict[str, Any]:
 
     import torch
 
+    if ctx.device == "cuda" and not torch.cuda.is_available():
+        raise CheckFailed(f"torch {torch.__version__} sees no CUDA device")
     needed = ["numpy", "PIL", "skimage", "matplotlib", "graphviz", "tqdm", "yaml"]
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "device_name": torch.cuda.get_device_name() if ctx.device == "cuda" else platform.processor() or "cpu",
             "onnxruntime": importlib.util.find_spec("onnxruntime") is not None, "missing": missing}
-    if ctx.device == "cuda" and not torch.cuda.is_available():
-        raise CheckFailed("torch sees no CUDA device")
     if missing:
         raise CheckFailed(f"missing Python packages: {', '.join(missing)} (carry their wheels: see gpu_check.sh)")
     info["summary"] = f"{info['device_name']}, torch {info['torch']}"
@@ -471,6 +472,11 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write(out: Path, args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+    report = {"dry_run": args.dry_run, "budget_seconds": args.budget, "parts": results, "table": table(results).splitlines()}
+    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="the same parts on the CPU with tiny sizes")
@@ -501,10 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 results[part.name] = run_part(part, min(part.limit, left), ctx)
             print(table({part.name: results[part.name]}).splitlines()[-1], flush=True)
-    report = table(results)
-    print("\n" + report)
-    out.write_text(json.dumps({"dry_run": args.dry_run, "budget_seconds": args.budget, "parts": results,
-                               "table": report.splitlines()}, indent=1, default=str) + "\n")
+            write(out, args, results)  # after every part: a hard stop still leaves what was found
+    print("\n" + table(results))
     print(f"\nwrote {out}")
     return 0 if all(r["status"] in ("ok", "skipped") for r in results.values()) else 1
 
