@@ -1,4 +1,5 @@
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -317,6 +318,10 @@ def test_in_memory_keeps_8bit_images_as_uint8_and_gives_back_the_decoded_floats(
     for off_grid in (grid + 0.25 / 255, grid * 256 / 255, grid - 1 / 255):  # between levels, above 1, below 0
         (stored,) = in_memory([("x", off_grid)]).stored
         assert stored.dtype == torch.float32 and torch.equal(stored, off_grid)
+    levels = (grid * 255).round().byte()
+    kept = in_memory([("x", levels)])  # decoded as uint8 already
+    assert torch.equal(kept.stored[0], levels) and torch.equal(kept[0][1], grid)
+    assert torch.equal(pickle.loads(pickle.dumps(held))[0][1], held[0][1])  # as spawned DataLoader workers get it
 
 
 @pytest.mark.parametrize(

@@ -308,13 +308,13 @@ class InMemory(Sequence[tuple[str, torch.Tensor]]):
 
 
 def _compact(img: torch.Tensor, slabs: _Slabs) -> torch.Tensor:
-    """``img`` as uint8 when every value is exactly k/255 in float32 (8-bit files); else a float32 copy (16-bit files)."""
-    if img.dtype != torch.float32:
-        return img.contiguous()
-    on_grid = torch.equal(img.mul(255).round_().clamp_(0, 255).div_(255), img)  # one float temporary at a time
-    if not on_grid:
-        return img.contiguous()
-    return slabs.empty(img.shape).copy_(img.mul(255).round_())
+    """``img`` as uint8 when it is uint8 or every value is exactly k/255 in float32 (8-bit files); else as it is,
+    contiguous (16-bit files)."""
+    if img.dtype == torch.uint8:
+        return slabs.empty(img.shape).copy_(img)
+    if img.dtype == torch.float32 and torch.equal(img.mul(255).round_().clamp_(0, 255).div_(255), img):
+        return slabs.empty(img.shape).copy_(img.mul(255).round_())  # one float temporary at a time
+    return img.contiguous()
 
 
 class _Slabs:
