@@ -6,8 +6,9 @@
 #
 # The device tool's machine lacks the graphviz Python package (hinas draws genotypes with it). Carry its
 # wheel: `echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps -d .whl graphviz`, then
-# name .whl in the run's carry; this script installs every wheel in .whl/ first. PYTHON picks the
-# interpreter (default python3); GPU_CHECK_LIMIT the hard limit in seconds around everything (default 480).
+# run(command="bash benchmarks/gpu_check.sh", timeout_s=540, carry=[".whl"]); this script installs every
+# wheel in .whl/ first. Parts the budget did not reach: run again with --only NAME,NAME.
+# PYTHON picks the interpreter (default python3); GPU_CHECK_LIMIT the hard limit in seconds (default 480).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
