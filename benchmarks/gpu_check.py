@@ -12,7 +12,7 @@ Parts, each in its own process group with its own time limit, so one that fails 
   300 synthetic BSD-sized images, eager and under torch.compile (default and reduce-overhead, i.e. CUDA graphs:
   a step launches about 23,000 kernels); with the projection to the full
   100-epoch search (weight-only and arch+weight steps, 147 images x patches_per_image / batch steps per
-  epoch, and one validation per epoch);
+  epoch, and one validation per epoch; the per-epoch checkpoint and genotype are left out);
 - sync_warnings: host-device synchronisations in a few search steps (torch.cuda.set_sync_debug_mode("warn"));
 - resume_sigterm: a smoke search (checkpoint_every=1) in a process of its own, SIGTERMed after its first step's
   checkpoint, then resumed to the end;
@@ -233,8 +233,8 @@ def search_job(ctx: Context, compile_mode: str | None = None) -> tuple[Any, Any,
 
     size = (40, 48) if ctx.dry else (321, 481)
     data = ctx.work / "bsd-like"
-    if not data.exists():
-        gray_pngs(data, 12 if ctx.dry else 300, *size)
+    if not data.exists():  # made once for the parts that need it; renamed whole, so a killed part leaves none
+        gray_pngs(ctx.work / "bsd-like.partial", 12 if ctx.dry else 300, *size).rename(data)
     cfg = resolve(SearchConfig, "smoke" if ctx.dry else "paper-denoise",
                   overrides=[f"data={data}", f"device={ctx.device}", *(["space.layers=1", "space.nodes=1"] if ctx.dry else [])])
     job = SearchJob(cfg)

@@ -29,7 +29,7 @@ def test_dry_run_goes_through_every_part_on_the_cpu(tmp_path, gpu_check):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(SCRIPT.with_suffix(".sh")), "--dry-run", "--json", str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     parts = json.loads(out.read_text())["parts"]
     assert list(parts) == [p.name for p in gpu_check.PARTS]
