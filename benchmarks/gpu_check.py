@@ -347,12 +347,15 @@ def resume_sigterm(ctx: Context) -> dict[str, Any]:
     stderr = ctx.work / "resume" / "stderr.txt"
     stderr.parent.mkdir(parents=True)
     pid = os.fork()
-    if pid == 0:
-        with open(stderr, "w") as err:
-            os.dup2(err.fileno(), 2)
-            code = main(argv)
+    if pid == 0:  # never returns: an exception here must not run on as a copy of the part
+        code = 1
+        try:
+            with open(stderr, "w") as err:
+                os.dup2(err.fileno(), 2)
+                code = main(argv)
+        finally:
             sys.stderr.flush()
-        os._exit(code)
+            os._exit(code)
     ckpt, first, code = run / "checkpoint.pt", None, None
     while code is None:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -375,7 +378,8 @@ def resume_sigterm(ctx: Context) -> dict[str, Any]:
     if metrics["epochs_run"] != metrics["epochs"] or events.count("resume") != 1 or events[-1] != "end":
         raise CheckFailed(f"resumed run: epochs_run {metrics['epochs_run']}, events {events}")
     return {"stopped": stopped_at, "resume_seconds": seconds, "val_psnr": finite(metrics["val_psnr"], "val_psnr"),
-            "summary": f"{stopped_at.split(' at ', 1)[-1].split(';')[0]} stopped, exit {code}; resumed to the end in {seconds:.1f}s"}
+            "summary": f"stopped at {stopped_at.split(' at ', 1)[-1].split(';')[0]}, exit {code}; "
+                       f"resumed to the end in {seconds:.1f}s"}
 
 
 def benchmark(script: str, flags: list[str], results: str) -> Callable[[Context], dict[str, Any]]:
@@ -407,7 +411,7 @@ PARTS = [
     Part("resume_sigterm", 60, resume_sigterm),
     Part("paper_step_compiled", 150, paper_step("default")),
     Part("paper_step_cudagraphs", 150, paper_step("reduce-overhead"), dry=False),  # on the CPU the same as compiled
-    Part("bench_supernet", 120, benchmark("supernet.py", ["--device", "cuda", "--quick"], "supernet_cuda.json")),
+    Part("bench_supernet", 150, benchmark("supernet.py", ["--device", "cuda", "--quick"], "supernet_cuda.json")),
     Part("bench_inference", 90, benchmark("inference.py", ["--device", "cuda", "--repeats", "1"], "inference_cuda.json")),
 ]
 """In order of importance: the budget runs out on the last ones first."""
@@ -423,19 +427,22 @@ def run_part(part: Part, limit: float, ctx: Context) -> dict[str, Any]:
     start = time.monotonic()
     with open(log_file, "w") as log:
         pid = os.fork()
-        if pid == 0:
-            os.setsid()
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
+        if pid == 0:  # never returns: whatever happens, the child must not run on into the parent's loop
             try:
-                result = {"status": "ok", **part.run(ctx)}
-            except Exception as err:  # noqa: BLE001  (recorded, so that the other parts still run)
-                traceback.print_exc()
-                result = {"status": "failed", "error": f"{type(err).__name__}: {err}"[:1000]}
-            result_file.write_text(json.dumps(result, indent=1, default=str) + "\n")
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+                os.setsid()
+                os.dup2(log.fileno(), 1)  # for what it runs
+                os.dup2(log.fileno(), 2)
+                sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))  # noqa: SIM115
+                try:
+                    result = {"status": "ok", **part.run(ctx)}
+                except BaseException as err:  # noqa: BLE001  (recorded; this process ends here anyway)
+                    traceback.print_exc()
+                    result = {"status": "failed", "error": f"{type(err).__name__}: {err}"[:1000]}
+                result_file.write_text(json.dumps(result, indent=1, default=str) + "\n")
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
         done, _, usage = os.wait4(pid, os.WNOHANG)
         timed_out = False
         while not done:

@@ -55,16 +55,22 @@ def test_a_failing_or_hanging_part_is_recorded_and_the_rest_still_run(tmp_path, 
     def fails(ctx):
         raise gpu_check.CheckFailed("wrong numbers")
 
+    def exits(ctx):
+        sys.exit(3)
+
     def hangs(ctx):
         child = subprocess.Popen(["sleep", "60"])
         (ctx.out_dir / "grandchild").write_text(str(child.pid))
         time.sleep(60)
 
-    monkeypatch.setattr(gpu_check, "PARTS", [gpu_check.Part("fails", 30, fails), gpu_check.Part("hangs", 2, hangs),
-                                             gpu_check.Part("works", 30, lambda ctx: {"summary": "fine"})])
+    parts = [gpu_check.Part("fails", 30, fails), gpu_check.Part("exits", 30, exits), gpu_check.Part("hangs", 2, hangs),
+             gpu_check.Part("works", 30, lambda ctx: {"summary": "fine"})]
+    monkeypatch.setattr(gpu_check, "PARTS", parts)
     assert gpu_check.main(["--dry-run", "--json", str(tmp_path / "r.json")]) == 1
     parts = json.loads((tmp_path / "r.json").read_text())["parts"]
+    assert list(parts) == ["fails", "exits", "hangs", "works"]
     assert parts["fails"]["status"] == "failed" and parts["fails"]["error"] == "CheckFailed: wrong numbers"
+    assert parts["exits"]["status"] == "failed" and parts["exits"]["error"] == "SystemExit: 3"
     assert parts["hangs"]["status"] == "timeout" and parts["hangs"]["seconds"] < 10
     assert parts["works"] == {"status": "ok", "summary": "fine", "seconds": parts["works"]["seconds"],
                               "cpu_seconds": parts["works"]["cpu_seconds"]}
