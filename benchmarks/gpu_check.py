@@ -474,10 +474,10 @@ def preimport() -> None:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'part':20} {'status':8} {'wall s':>6} {'CPU s':>6}  result", "-" * 110]
+    lines = [f"{'part':22} {'status':8} {'wall s':>6} {'CPU s':>6}  result", "-" * 112]
     for name, r in results.items():
         text = r.get("summary") or r.get("error") or ""
-        lines.append(f"{name:20} {r['status']:8} {r.get('seconds', 0):6.1f} {r.get('cpu_seconds', 0):6.1f}  {text}")
+        lines.append(f"{name:22} {r['status']:8} {r.get('seconds', 0):6.1f} {r.get('cpu_seconds', 0):6.1f}  {text}")
     return "\n".join(lines)
 
 
