@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the check forks and reads /proc, as on the GPU machine")
 
 
 @pytest.fixture(scope="module")
