@@ -239,7 +239,7 @@ def search_job(ctx: Context, compile_mode: str | None = None) -> tuple[Any, Any,
                   overrides=[f"data={data}", f"device={ctx.device}", *(["space.layers=1", "space.nodes=1"] if ctx.dry else [])])
     job = SearchJob(cfg)
     device = pick_device(cfg.device)
-    job.ctx = distributed.Context(device=device)
+    job.ctx = distributed.init(device)
     seed_everything(cfg.seed)
     prepare_device(device)
     job.amp = amp_dtype(device, cfg.amp)
