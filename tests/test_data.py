@@ -1,3 +1,7 @@
+import json
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from hinas.data.images import (
     embedded_images,
     embedded_split,
     folder_images,
+    in_memory,
     load_image,
     load_images,
     named_set,
@@ -288,3 +293,60 @@ def test_save_image_round_trips_uint8(tmp_path, photo):
     assert torch.equal(load_image(tmp_path / "out" / "x.png"), img)
     save_image(img[:1], tmp_path / "gray.png")
     assert load_image(tmp_path / "gray.png").shape == (1, 64, 80)
+
+
+def eight_bit(*shapes) -> list[tuple[str, torch.Tensor]]:
+    """Float images on the 1/255 grid, as decoding 8-bit files gives them."""
+    g = torch.Generator().manual_seed(1)
+    return [(f"img{i}", torch.randint(0, 256, s, dtype=torch.uint8, generator=g).float() / 255) for i, s in enumerate(shapes)]
+
+
+def test_in_memory_keeps_8bit_images_as_uint8_and_gives_back_the_decoded_floats(tmp_path, photo):
+    save(tmp_path / "a.png", photo)
+    save(tmp_path / "b.png", photo[..., 1])
+    save(tmp_path / "c.png", (photo[..., 0].astype(np.uint16) * 257 + 1))
+    images = folder_images(tmp_path)
+    held = in_memory(images)
+    assert [t.dtype for t in held.stored] == [torch.uint8, torch.uint8, torch.float32]  # 16-bit stays float
+    assert len(held) == 3 and held.names == images.names
+    for (name, img), (same, back) in zip(images, held):
+        assert name == same and back.dtype == torch.float32 and torch.equal(back, img)
+    for (_, img), (_, back) in zip(images, in_memory(images, crop=32)):
+        top, left = (img.shape[1] - 32) // 2, (img.shape[2] - 32) // 2
+        assert torch.equal(back, img[:, top : top + 32, left : left + 32])
+    (_, grid), = eight_bit((3, 8, 8))
+    for off_grid in (grid + 0.25 / 255, grid * 256 / 255, grid - 1 / 255):  # between levels, above 1, below 0
+        (stored,) = in_memory([("x", off_grid)]).stored
+        assert stored.dtype == torch.float32 and torch.equal(stored, off_grid)
+    levels = (grid * 255).round().byte()
+    kept = in_memory([("x", levels)])  # decoded as uint8 already
+    assert torch.equal(kept.stored[0], levels) and torch.equal(kept[0][1], grid)
+    assert torch.equal(pickle.loads(pickle.dumps(held))[0][1], held[0][1])  # as spawned DataLoader workers get it
+
+
+@pytest.mark.parametrize(
+    "task, scale, rescale", [("denoise", 1, None), ("denoise", 1, (0.8, 1.2)), ("sr", 2, None), ("sr", 3, None)]
+)
+def test_patches_from_uint8_storage_equal_the_float_path(task, scale, rescale):
+    images = eight_bit((3, 90, 100), (3, 75, 81))
+    kw = {"task": task, "scale": scale, "rescale": rescale, "sigma": (15, 50), "length": 24, "seed": 3}
+    floats, held = PatchDataset(images, 12, **kw), PatchDataset(in_memory(images), 12, **kw)
+    assert all(t.dtype == torch.uint8 for t in held.images.stored)
+    for i in range(len(floats)):
+        (a, b), (c, d) = floats[i], held[i]
+        assert a.dtype == c.dtype == torch.float32 and torch.equal(a, c) and torch.equal(b, d), i
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="resident memory is read from /proc")
+def test_holding_a_large_set_costs_at_most_a_third_of_float32(tmp_path):
+    """Peak RSS growth of loading through in_memory, in fresh processes (benchmarks/data_memory.py)."""
+    out = tmp_path / "memory.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "data_memory.py"
+    subprocess.run([sys.executable, str(script), "--images", "120", "--height", "300", "--width", "400", "--json", str(out)],
+                   check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    float_bytes, rows = result["float32_bytes"], result["rows"]
+    assert float_bytes == 120 * 3 * 300 * 400 * 4 and rows["uint8"]["held_bytes"] == float_bytes // 4
+    assert rows["float32"]["peak_growth_bytes"] >= float_bytes  # the measurement sees what is held
+    init = 12 << 20  # first use of torch's kernels and allocator, measured about 9 MB, whatever the set
+    assert rows["uint8"]["peak_growth_bytes"] <= float_bytes / 3 + init
