@@ -22,7 +22,7 @@ from hinas.errors import ConfigError, NonFiniteError
 from hinas.eval.metrics import convention_for
 from hinas.eval.scoring import check_measurable, score
 from hinas.files import write_json
-from hinas.hardware import autocast
+from hinas.hardware import autocast, set_threads
 from hinas.nas.baselines import DnCNN
 from hinas.nas.complexity import count_flops, count_params
 from hinas.nas.genotype import Genotype
@@ -62,6 +62,7 @@ def retrain(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resum
     """
     out = Path(out)
     start = distributed.start_run(out, "retrain", cfg, overwrite=overwrite, resume=resume, force=force, progress=progress)
+    set_threads(cfg.threads)
     genotype = resolve_genotype(cfg) if cfg.model == "hinas" else None
     saved, ctx, progress, amp = start.saved, start.ctx, start.progress, start.amp
     device = ctx.device

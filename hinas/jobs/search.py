@@ -31,7 +31,7 @@ from hinas.errors import CollapseError, ConfigError, NonFiniteError, RenderError
 from hinas.eval.metrics import convention_for
 from hinas.eval.scoring import check_measurable, score
 from hinas.files import write_json
-from hinas.hardware import autocast
+from hinas.hardware import autocast, set_threads
 from hinas.nas.complexity import count_params
 from hinas.nas.genotype import Genotype
 from hinas.nas.space import SearchSpace
@@ -103,6 +103,7 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
     """
     out = Path(out)
     start = distributed.start_run(out, "search", cfg, overwrite=overwrite, resume=resume, force=force, progress=progress)
+    set_threads(cfg.threads)
     saved, ctx, progress, amp = start.saved, start.ctx, start.progress, start.amp
     device = ctx.device
     space = cfg.space

@@ -8,7 +8,8 @@ Every function takes plain run data (a ``history`` list as written to
 from __future__ import annotations
 
 import textwrap
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
@@ -29,7 +30,8 @@ def plot_alphas(space: SearchSpace, alpha_probs: torch.Tensor) -> Figure:
     probs = torch.as_tensor(alpha_probs).detach().float().cpu()
     flat = probs.reshape(-1, *probs.shape[2:])
     la, ka = probs.shape[:2]
-    titles = [f"layer {l + 1}" + (f", level {k}" if ka > 1 else "") if la > 1 else "all layers (tied)" for l in range(la) for k in range(ka)]
+    titles = [f"layer {layer + 1}" + (f", level {k}" if ka > 1 else "") if la > 1 else "all layers (tied)"
+              for layer in range(la) for k in range(ka)]
     fig, axes = plt.subplots(1, len(flat), figsize=(2.2 + 1.6 * len(flat) * len(space.ops) / 4, 0.32 * space.num_edges + 1.8),
                              squeeze=False, sharey=True)
     for ax, mat, title in zip(axes[0], flat, titles):
