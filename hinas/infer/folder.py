@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text: it shows in terminals, notebooks and exported notebooks alike
 
 from hinas.data.images import folder_images, image_channels, save_image
 from hinas.errors import ConfigError, DataError

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text: it shows in terminals, notebooks and exported notebooks alike
 
 from hinas.data.images import PatchDataset, in_memory, load_images, split_images
 from hinas.engine import distributed
