@@ -110,16 +110,21 @@ def plot_alpha_evolution(history: list[dict[str, Any]], space: SearchSpace) -> F
 
 
 def plot_beta_evolution(history: list[dict[str, Any]], space: SearchSpace) -> Figure:
-    """Probability of every legal move, per source layer, epoch by epoch."""
+    """Probability of every legal move, per source layer, epoch by epoch, as the change since the first epoch.
+
+    The moves start uniform (1/2 or 1/3 each) and move by fractions of a point in a short search.
+    """
     betas = torch.tensor([h["beta"] for h in history])  # (epochs, layers, levels, moves)
+    betas = (betas - betas[:1]) * 100
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, space.layers, figsize=(3.6 * space.layers, 3.6), squeeze=False, sharey=True)
     for layer, ax in enumerate(axes[0]):
         for j, m in space.legal_moves(layer):
             ax.plot(epochs, betas[:, layer, j, m], label=f"x{space.widths[j]:g} {MOVE_NAMES[m]}")
-        ax.set(xlabel="epoch", title="stem" if layer == 0 else f"from layer {layer}", ylim=(0, 1))
+        ax.set(xlabel="epoch", title="stem" if layer == 0 else f"from layer {layer}")
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
-    axes[0][0].set_ylabel("softmax(beta)")
+    axes[0][0].set_ylabel(f"softmax(beta) change since epoch {epochs[0]}\n(percentage points)")
     fig.tight_layout()
     return fig
 
