@@ -161,7 +161,7 @@ def plot_comparison(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, torch.
 
     SR inputs are shown upscaled to the target's size (nearest), so crops align.
     """
-    fig, axes = plt.subplots(len(rows), 5, figsize=(15, 2.9 * len(rows)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(len(rows), 5, figsize=(12, 2.4 * len(rows)), squeeze=False, layout="constrained")
     for ax_row, (name, degraded, restored, target) in zip(axes, rows):
         h, w = target.shape[-2:]
         if degraded.shape[-2:] != (h, w):
