@@ -7,7 +7,7 @@ memory (CPU: the child's peak RSS, which includes Python and torch, about 0.3 GB
 torch.cuda.max_memory_allocated). Configurations:
 
 - the paper's denoising space (L=3, B=4, F=10, gray, 64x64 patches) at batch 2, 6 and 12 and its SR
-  space (L=2, B=3, F=8, RGB, x4, 64x64 low-resolution patches, HINAS.md) at batch 8 and 24, each with
+  space (L=2, B=3, F=8, RGB, x4, 64x64 low-resolution patches, docs/HINAS.md) at batch 8 and 24, each with
   impl reference, fused and fused + checkpoint_cells;
 - the paper's memory ablation on the denoising space at batch 6 (fused): cell_eval shared vs
   per_transition, alpha sharing lwas / tied / independent (table and bar chart).

@@ -1,39 +1,114 @@
-"""``hinas demo | search | retrain | evaluate | restore | show | prepare | report | aggregate``: a thin command line over the Python API.
+"""The hinas command line: a thin layer over the Python API.
 
-Settings resolve as defaults <- ``--preset`` <- ``--config FILE`` <- ``--set key=value``
-and are validated in full before any work starts.
+Settings resolve as defaults <- --preset <- --config FILE <- --set key=value and are
+validated in full before any work starts; ``hinas config show`` prints them.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
+import re
 import sys
+import textwrap
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from hinas.engine.settings import PRESETS, EvalConfig, SearchConfig, TrainConfig, resolve
 from hinas.errors import ConfigError, HinasError, Interrupted
+from hinas.version import __version__
 
 COMMANDS = {"search": SearchConfig, "retrain": TrainConfig, "evaluate": EvalConfig}
 RESUMABLE = ("search", "retrain")
 RUNNERS = ["torch", "compile", "onnxruntime", "training"]
 SHORTCUTS = {"retrain": ("genotype", "genotype file or search run directory"),
              "evaluate": ("model", "retrain run directory, checkpoint, or a baseline: noisy, bicubic")}
+DEMO_TIME = {"cpu-demo": "about 8 min on 2 CPU cores", "smoke": "under a minute"}
+
+ABOUT = {
+    "demo": ("the whole method on the photos bundled with scikit-image: search, draw, retrain, evaluate",
+             "Runs search, retrain and evaluate one after the other into DIR/{search,retrain,evaluate}; "
+             "needs no download. Adds Set12 to the evaluation when HINAS_DATA_ROOT holds it."),
+    "search": ("search a cell and a width path with the supernet (SearchConfig)",
+               "Writes RUN_DIR/genotype.json (the selected genotype), its drawing, history.json, metrics.json "
+               "and a checkpoint per epoch. List the settings with: hinas config show search"),
+    "retrain": ("train the network a genotype derives, from scratch (TrainConfig)",
+                "Writes RUN_DIR/best.pt (the best validation checkpoint), history.json and metrics.json. "
+                "List the settings with: hinas config show retrain"),
+    "evaluate": ("PSNR/SSIM of a trained network or a baseline on test sets (EvalConfig)",
+                 "Seeded test noise, uint8 outputs, SR measured on Y with the border shaved; writes "
+                 "RUN_DIR/metrics.json and per_image.csv. List the settings with: hinas config show evaluate"),
+    "restore": ("restore a folder of degraded images (noisy, or low-resolution for SR) with a trained network",
+                "Each image under INPUT is restored as it is (no noise is added) into OUTPUT with the same relative name."),
+    "show": ("print a genotype and draw it (SVG and PNG; needs Graphviz's dot)",
+             "Without dot it prints the text, then fails with the line that installs dot."),
+    "prepare": ("gather the data sets a pipeline reads (local copies first, else downloads) and write their manifest",
+                "The config section maps 'fetch' to a list of sources and 'sets' to the named sets to check."),
+    "report": ("gather evaluate_*/*/metrics.json of a pipeline into one table", ""),
+    "aggregate": ("mean and spread of the metrics of repeated runs (seeds), and whether their genotypes agree", ""),
+    "config": ("list presets and print resolved settings with their defaults", ""),
+}
+
+EXAMPLES = {
+    "demo": ["hinas demo", "hinas demo --preset smoke --out runs/demo-smoke"],
+    "search": ["hinas search --preset cpu-demo --out runs/search",
+               "hinas search --preset cpu-demo --set seed=1 --set space.filters=8 --out runs/search-seed1",
+               "hinas search --resume runs/search"],
+    "retrain": ["hinas retrain --preset cpu-demo --genotype runs/search --out runs/retrain",
+                "hinas retrain --preset smoke --set model=dncnn --out runs/dncnn"],
+    "evaluate": ["hinas evaluate --model runs/retrain --set sigmas=[15,25] --out runs/evaluate",
+                 "hinas evaluate --preset denoise-gray --model runs/retrain --out runs/evaluate-gray",
+                 "hinas evaluate --model bicubic --preset sr --out runs/bicubic"],
+    "restore": ["hinas restore runs/retrain noisy/ restored/ --tile 512"],
+    "show": ["hinas show runs/search", "hinas show runs/search/genotype.json --filters 20 --out genotype-f20"],
+    "prepare": ["hinas prepare --config params.yaml:data --task denoise --out runs/dvc/data/denoise.json"],
+    "report": ["hinas report runs/dvc --json runs/dvc/results.json --markdown runs/dvc/results.md"],
+    "aggregate": ["hinas aggregate runs/seeds/* --markdown runs/seeds.md --json runs/seeds.json"],
+    "config": ["hinas config show search --preset cpu-demo", "hinas config show evaluate --preset sr --set scales=[4]",
+               "hinas config show retrain --preset paper-denoise > retrain.yaml"],
+}
+"""Every example is parsed, and its settings resolved, by tests/test_cli.py."""
+
+
+def _epilog(name: str, more: str = "") -> str:
+    parts = [textwrap.fill(ABOUT[name][1], 100)] if ABOUT[name][1] else []
+    parts += [more] if more else []
+    parts.append("examples:\n" + "\n".join(f"  {ex}" for ex in EXAMPLES[name]))
+    return "\n\n".join(parts)
+
+
+def _sub(sub: Any, name: str, more: str = "") -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=ABOUT[name][0], description=ABOUT[name][0][0].upper() + ABOUT[name][0][1:] + ".",
+                          epilog=_epilog(name, more), formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+
+
+def _settings_options(p: argparse.ArgumentParser, cls: type) -> None:
+    p.add_argument("--preset", choices=list(PRESETS[cls]), help="start from a named set of settings")
+    p.add_argument("--config", metavar="FILE[:SECTION]", help="YAML file of settings (e.g. the output of hinas config show)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting; the value is YAML (8, [15,25], true); repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hinas", description=__doc__.split("\n")[0], allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,retrain,evaluate,restore,show,prepare,report,aggregate}")
-    demo = sub.add_parser("demo", help="the main job on the embedded photos: search, draw, retrain, evaluate", allow_abbrev=False)
-    demo.add_argument("--preset", choices=["cpu-demo", "smoke"], default="cpu-demo", help="cpu-demo (~12 min) or smoke (seconds)")
+    parser = argparse.ArgumentParser(
+        prog="hinas", description="HiNAS: hierarchical neural architecture search for image denoising and super-resolution.",
+        epilog="Run 'hinas COMMAND --help' for a command's options and examples; start with:\n  hinas demo --preset smoke",
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"hinas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    demo = _sub(sub, "demo", "Time: " + "; ".join(f"{k} {v}" for k, v in DEMO_TIME.items()) + ".")
+    demo.add_argument("--preset", choices=list(DEMO_TIME), default="cpu-demo",
+                      help=f"cpu-demo (default, {DEMO_TIME['cpu-demo']}) or smoke ({DEMO_TIME['smoke']}, a check, not a result)")
     demo.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default: %(default)s)")
     demo.add_argument("--overwrite", action="store_true", help="replace finished runs in DIR")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     for name, cls in COMMANDS.items():
-        p = sub.add_parser(name, help=f"{name} (settings: {cls.__name__})", allow_abbrev=False)
-        p.add_argument("--preset", choices=list(PRESETS[cls]), help="start from a named set of settings")
-        p.add_argument("--config", metavar="FILE", help="YAML file of settings")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one setting, e.g. --set epochs=10 --set space.filters=8 (repeatable)")
+        p = _sub(sub, name)
+        _settings_options(p, cls)
         p.add_argument("--out", metavar="RUN_DIR", help=f"run directory (default: runs/{name})")
         p.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in RUN_DIR")
         if name in RESUMABLE:
@@ -47,65 +122,122 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--backend", choices=RUNNERS, help="how a trained network runs: its inference form in eager PyTorch "
                            "(torch, the default), torch.compile or ONNX Runtime, or as trained (same as --set backend=...)")
-    res = sub.add_parser("restore", help="restore a folder of degraded images (noisy, or low-resolution for SR) with a trained network",
-                         allow_abbrev=False)
+    res = _sub(sub, "restore")
     res.add_argument("model", help="retrain run directory (holding best.pt) or a checkpoint")
     res.add_argument("input", help="folder of degraded images (PNG, JPEG, BMP, TIFF; searched recursively)")
     res.add_argument("output", help="folder for the restored PNGs (same relative names)")
-    res.add_argument("--tile", type=int, default=0, help="restore in overlapping tiles of this side to bound memory (0: whole images)")
+    res.add_argument("--tile", type=int, default=0, help="restore in overlapping tiles of this side to bound memory "
+                     "(0: whole images)")
     res.add_argument("--overlap", type=int, default=16, help="tile overlap in pixels (default: %(default)s)")
     res.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    res.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: the idle cores)")
     res.add_argument("--backend", choices=RUNNERS, default="torch", help="as for evaluate (default: %(default)s)")
     res.add_argument("--overwrite", action="store_true", help="replace restored images already in the output folder")
     res.add_argument("--quiet", action="store_true", help="no progress bar")
-    prep = sub.add_parser("prepare", help="gather the data sets a pipeline reads (local copies first, else downloads) and "
-                          "write their manifest", allow_abbrev=False,
-                          description="Gather the sets named in the config (keys: root, data_root, link, download, denoise, "
-                          "sr) into its root: a set already there is kept, one in data_root (empty: $HINAS_DATA_ROOT) is "
-                          "symlinked or copied, any other downloaded; then write each set's image count and sha256. "
-                          "Example: hinas prepare --config params.yaml:data --task denoise --out runs/dvc/data/denoise.json")
+    from hinas.data.fetch import SOURCES
+    from hinas.data.images import NAMED_SETS
+
+    prep = _sub(sub, "prepare", "A set already in the config's root is kept, one in data_root (empty: $HINAS_DATA_ROOT) is "
+                "symlinked or copied (link: copy), any other downloaded; then each set's image count and sha256 are written.\n"
+                + textwrap.fill(f"sources: {', '.join(SOURCES)}", 100, subsequent_indent="  ") + "\n"
+                + textwrap.fill(f"sets: {', '.join(NAMED_SETS)}", 100, subsequent_indent="  "))
     prep.add_argument("--config", metavar="FILE[:SECTION]", required=True,
-                      help="settings of hinas.studies.pipeline.DataConfig, e.g. params.yaml:data")
+                      help="settings of hinas.studies.pipeline.DataConfig (root, data_root, link, download, denoise, sr), "
+                      "e.g. params.yaml:data")
     prep.add_argument("--task", choices=["denoise", "sr"], help="only the sets of this half of the pipeline (default: both)")
     prep.add_argument("--out", metavar="MANIFEST", required=True, help="JSON file of each set's image count and sha256")
-    rep = sub.add_parser("report", help="gather evaluate_*/*/metrics.json of a pipeline into one table", allow_abbrev=False)
+    rep = _sub(sub, "report")
     rep.add_argument("runs", help="the pipeline's run folder")
     rep.add_argument("--json", required=True, help="flat metrics file to write")
     rep.add_argument("--markdown", required=True, help="Markdown table to write")
-    agg = sub.add_parser("aggregate", help="mean and spread of the metrics of repeated runs (seeds), and whether their genotypes agree",
-                         allow_abbrev=False)
+    agg = _sub(sub, "aggregate")
     agg.add_argument("runs", nargs="+", help="run directories or metrics JSON files")
     agg.add_argument("--json", help="summary file to write")
     agg.add_argument("--markdown", help="Markdown table to write")
-    show = sub.add_parser("show", help="print a genotype and draw it (SVG and PNG)", allow_abbrev=False)
+    show = _sub(sub, "show")
     show.add_argument("genotype", help="genotype.json or a run directory holding one")
     show.add_argument("--filters", type=int, help="filter multiplier for the parameter count (default: the genotype's)")
     show.add_argument("--out", metavar="STEM", help="drawing path without extension (default: next to the genotype)")
+    cfg = _sub(sub, "config", "The output is YAML that --config FILE reads back; each line notes the default where it differs.")
+    verbs = cfg.add_subparsers(dest="verb", required=True, metavar="show")
+    show_cfg = verbs.add_parser("show", help="print resolved settings", allow_abbrev=False)
+    show_cfg.add_argument("kind", choices=list(COMMANDS), help="whose settings")
+    show_cfg.add_argument("--preset", help="start from a named set of settings (listed in the output)")
+    show_cfg.add_argument("--config", metavar="FILE[:SECTION]", help="YAML file of settings")
+    show_cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override one setting")
     return parser
 
 
-def describe(genotype, filters: int | None = None) -> str:
-    """A text summary: width path, cells, size of the derived network."""
-    from hinas.nas.complexity import count_flops, count_params
-    from hinas.nas.network import Network
-    from hinas.viz.render import state_name
+def settings(args: argparse.Namespace) -> Any:
+    """The validated settings that ``search``/``retrain``/``evaluate`` (or ``config show``) arguments ask for."""
+    name = args.kind if args.command == "config" else args.command
+    cls = COMMANDS[name]
+    overrides = list(args.overrides)
+    if name in SHORTCUTS and getattr(args, SHORTCUTS[name][0], None):
+        key = SHORTCUTS[name][0]
+        overrides.append(f"{key}={getattr(args, key)}")
+    if getattr(args, "backend", None):
+        overrides.append(f"backend={args.backend}")
+    resume = getattr(args, "resume", None)
+    if resume and not (args.preset or args.config or overrides):
+        return resolve(cls, file=Path(resume) / "config.yaml")  # the run's own settings
+    return resolve(cls, args.preset, args.config, overrides)
 
-    space = genotype.space
-    net = Network(genotype, filters)
-    lines = [f"{space.task} network, {space.in_channels} channel(s)" + (f", x{space.scale}" if space.task == "sr" else ""),
-             "width path: " + " -> ".join(["stem"] + [f"x{space.widths[k]:g}" for k in genotype.path])]
-    for layer, cell in enumerate(genotype.cells, start=1):
-        lines.append(f"layer {layer}:")
-        lines += [f"  node {n}: " + " + ".join(f"{op}({state_name(s)})" for op, s in node) for n, node in enumerate(cell)]
-    size = 256 // space.scale
-    lines.append(f"F={net.filters}: {count_params(net) / 1e6:.3f} M parameters, "
-                 f"{count_flops(net, (1, space.in_channels, size, size)) / 1e9:.2f} GFLOP for a {size}x{size} input")
-    return "\n".join(lines)
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The first sentence of each field's docstring (the string under it in the class body), for ``config show``."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
+        for node, after in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                text = " ".join(str(after.value.value).split()).replace("``", "")
+                docs[node.target.id] = re.split(r"(?<!e\.g)(?<!i\.e)\.\s", text)[0].rstrip(".")  # type: ignore[union-attr]
+    return docs
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump([value], default_flow_style=True, width=1 << 16).strip()[1:-1]
+
+
+def config_text(cfg: Any, preset: str | None) -> str:
+    """Settings as YAML that ``--config`` reads back, each key noting its default (where different) and what it means."""
+    cls = type(cfg)
+    name = next(k for k, v in COMMANDS.items() if v is cls)
+    rows = _rows(cfg, cls(), "")
+    width = min(max(len(left) for left, _ in rows), 32)  # a long list value does not push every comment off screen
+    return "\n".join([f"# hinas {name} settings ({cls.__name__}): defaults <- preset {preset or '(none)'} <- --config <- --set",
+                      f"# presets: {', '.join(PRESETS[cls])}",
+                      f"# use: hinas {name} --config FILE (this output is such a FILE)"]
+                     + [f"{left:<{width}}  # {note}" if note else left for left, note in rows]) + "\n"
+
+
+def _rows(obj: Any, default: Any, indent: str) -> list[tuple[str, str]]:
+    docs = _field_docs(type(obj))
+    rows = []
+    for f in fields(obj):
+        value, base = getattr(obj, f.name), getattr(default, f.name)
+        if is_dataclass(value):
+            rows.append((f"{indent}{f.name}:", docs.get(f.name, "")))
+            rows += _rows(value, base, indent + "  ")
+            continue
+        note = [f"default {_yaml_value(_plain(base))}"] if value != base else []
+        note += [docs[f.name]] if f.name in docs else []
+        rows.append((f"{indent}{f.name}: {_yaml_value(_plain(value))}", "; ".join(note)))
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "config":
+            print(config_text(settings(args), args.preset), end="")
+            return 0
         if args.command == "show":
             return _show(args)
         if args.command == "demo":
@@ -114,32 +246,24 @@ def main(argv: list[str] | None = None) -> int:
             return _pipeline(args)
         if args.command == "restore":
             return _restore(args)
-        cls = COMMANDS[args.command]
-        overrides = list(args.overrides)
-        if args.command in SHORTCUTS and getattr(args, SHORTCUTS[args.command][0]):
-            key = SHORTCUTS[args.command][0]
-            overrides.append(f"{key}={getattr(args, key)}")
-        if args.command == "evaluate" and args.backend:
-            overrides.append(f"backend={args.backend}")
         resume = getattr(args, "resume", None)
         if resume and args.out and Path(args.out) != Path(resume):
             raise ConfigError(f"--resume {resume} continues the run in place; drop --out {args.out}")
         args.out = resume or args.out or f"runs/{args.command}"
-        if resume and not (args.preset or args.config or overrides):
-            cfg = resolve(cls, file=Path(resume) / "config.yaml")  # the run's own settings
-        else:
-            cfg = resolve(cls, args.preset, args.config, overrides)
+        cfg = settings(args)
         progress = not args.quiet
         again = {"resume": bool(resume), "force": args.force} if args.command in RESUMABLE else {}
         if args.command == "search":
             from hinas.engine.distributed import is_main_process
             from hinas.jobs.search import search
+            from hinas.viz.render import describe
 
             result = search(cfg, args.out, overwrite=args.overwrite, progress=progress, **again)
             if not is_main_process():
                 return 0
             print(describe(result.genotype))
-            print(f"genotype: {result.run_dir / 'genotype.json'} (epoch {result.best_epoch}); drawing: {result.run_dir / 'genotype.svg'}")
+            print(f"genotype: {result.run_dir / 'genotype.json'} (epoch {result.best_epoch})")
+            _print_drawing(result.run_dir / "genotype.svg")
         elif args.command == "retrain":
             from hinas.engine.distributed import is_main_process
             from hinas.jobs.retrain import retrain
@@ -172,6 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _print_drawing(svg: Path) -> None:
+    """The drawing's path when the search could draw it; otherwise the warning (a missing ``dot``) on stderr."""
+    from hinas.viz.render import warn_no_dot
+
+    if svg.exists():
+        print(f"drawing: {svg}")
+    else:
+        warn_no_dot("no drawing was made (hinas show draws it later)")
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     from hinas.engine.settings import load_section
     from hinas.studies import pipeline
@@ -195,10 +329,11 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from hinas.hardware import keep_freed_memory
+    from hinas.hardware import keep_freed_memory, set_threads
     from hinas.infer.folder import restore_folder
 
     keep_freed_memory()
+    set_threads(args.threads)
     written = restore_folder(args.model, args.input, args.output, tile=args.tile, overlap=args.overlap, device=args.device,
                              backend=args.backend, overwrite=args.overwrite, progress=not args.quiet)
     print(f"restored {len(written)} images into {args.output} (PNG: 16-bit where the input had 16 bits, 8-bit otherwise)")
@@ -211,14 +346,16 @@ def _demo(args: argparse.Namespace) -> int:
     res = main_job(args.out, args.preset, overwrite=args.overwrite, progress=not args.quiet)
     for r in res["results"]:
         print(f"{r['set']:>14} sigma {r['sigma']:g}: PSNR {r['psnr']:.2f} dB (noisy input {r['input_psnr']:.2f} dB)")
-    print(f"genotype: {res['genotype']}\ndrawing: {res['drawing']}\nmodel: {res['model']} ({res['params_m']:.3f} M parameters)")
+    print(f"genotype: {res['genotype']}")
+    _print_drawing(Path(res["drawing"]))
+    print(f"model: {res['model']} ({res['params_m']:.3f} M parameters)")
     print(f"metrics: {res['metrics']}")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     from hinas.nas.genotype import Genotype
-    from hinas.viz.render import draw_genotype
+    from hinas.viz.render import describe, draw_genotype
 
     path = Path(args.genotype)
     path = path / "genotype.json" if path.is_dir() else path

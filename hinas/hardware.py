@@ -1,4 +1,4 @@
-"""The device a run uses and the precision it computes in, chosen from what this machine has."""
+"""The device a run uses, its CPU threads and the precision it computes in, chosen from what this machine has."""
 
 from __future__ import annotations
 
@@ -26,6 +26,30 @@ def pick_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     return device
+
+
+def auto_threads() -> int:
+    """The CPU cores idle now, never more than torch's current setting (physical cores, or ``OMP_NUM_THREADS``).
+
+    Why: PyTorch's CPU kernels wait for every thread at each step, so a thread that
+    must share its core with other work stalls all of them. On the 2-core test machine
+    with other jobs running, a 5-step cpu-demo search took 99 s at torch's default of
+    2 threads and 19 s at 1 thread; on an idle machine 2 threads gain far less than
+    that. The 1-minute load average counts the busy cores.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    idle = cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else cores
+    return max(1, min(torch.get_num_threads(), round(idle)))
+
+
+def set_threads(threads: int = 0) -> int:
+    """Compute on ``threads`` CPU threads (0: :func:`auto_threads`); process-wide. Returns the number set."""
+    if threads < 0:
+        raise ConfigError(f"threads: must not be negative (0 chooses), got {threads}")
+    n = threads or auto_threads()
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return n
 
 
 CPU_BF16_PHASES = frozenset({"retrain"})

@@ -1,4 +1,4 @@
-"""The derived network against the authors' parameter counts (HINAS.md) and the standard FLOP convention."""
+"""The derived network against the authors' parameter counts (docs/HINAS.md) and the standard FLOP convention."""
 
 import pytest
 import torch

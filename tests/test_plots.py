@@ -47,6 +47,7 @@ def test_comparison_shows_crops_and_error_maps_for_sr_inputs_too():
     target = torch.rand(3, 64, 64)
     rows = [("a", torch.rand(3, 32, 32), target * 0.9, target), ("b", torch.rand(3, 64, 64), target, target)]
     fig = plots.plot_comparison(rows, crop=40)
-    assert len(fig.axes) == 10
+    assert len(fig.axes) == 10 + 2  # five panels per row and each row's error colour bar
+    assert [a.get_ylabel() for a in fig.axes[10:]] == ["absolute error (0-1)"] * 2
     error_after = fig.axes[9].get_images()[0].get_array()
     assert float(abs(error_after).max()) == 0  # row b restores exactly

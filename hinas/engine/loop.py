@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text: it shows in terminals, notebooks and exported notebooks alike
 
 from hinas.engine import distributed
 from hinas.engine.checkpoint import Checkpointer, Progress, StopSignals, load_state, resume_state
@@ -30,7 +30,8 @@ from hinas.engine.losses import restoration_loss
 from hinas.engine.rundir import CHECKPOINT, RunDir, check_run_dir, seed_everything
 from hinas.engine.settings import RunConfig
 from hinas.errors import CheckpointError, NonFiniteError
-from hinas.hardware import amp_dtype, autocast, exact_float32, memory_layout, pick_device, precision_name, prepare_device
+from hinas.hardware import amp_dtype, autocast, exact_float32, memory_layout, pick_device, precision_name, prepare_device,
+                            set_threads
 
 P = TypeVar("P", bound=Progress)
 R = TypeVar("R")
@@ -157,6 +158,7 @@ def start_run(out: Path, kind: str, cfg: RunConfig, *, overwrite: bool, resume: 
     check_run_dir(out, overwrite=overwrite, resume=resume)
     saved = resume_state(out, kind, cfg, force=force) if resume else None
     ctx = distributed.init(pick_device(cfg.device))
+    set_threads(cfg.threads)
     seed_everything(cfg.seed)
     prepare_device(ctx.device, cfg.deterministic)
     start = Start(saved, ctx, progress and ctx.is_main, amp_dtype(ctx.device, cfg.amp, kind), memory_layout(ctx.device, kind))

@@ -42,6 +42,8 @@ class RunConfig:
     pixel_loss: Literal["mse", "l1"] = "mse"
     seed: int = 0
     device: Device = "auto"
+    threads: int = 0
+    """CPU threads (0: the cores idle at the start, at most torch's default; see ``hinas.hardware.auto_threads``)."""
     amp: Amp = "auto"
     """``auto``: bf16 where it is measured faster (CUDA; retraining on CPUs with AMX or AVX-512 bf16), else float32.
     The resolved precision is recorded in the run's metrics and checkpoints."""
@@ -64,7 +66,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "patch")
-        _non_negative(self, "val_crop", "workers", "checkpoint_every", "max_rollbacks")
+        _non_negative(self, "val_crop", "workers", "checkpoint_every", "max_rollbacks", "threads")
         _fraction(self, "rollback_lr_factor")
 
 
@@ -158,12 +160,14 @@ class EvalConfig:
     """Restore in tiles of this side (0: whole image at once) to bound memory."""
     tile_overlap: int = 16
     device: Device = "auto"
+    threads: int = 0
+    """CPU threads (0: the cores idle at the start, at most torch's default; see ``hinas.hardware.auto_threads``)."""
     backend: Literal["torch", "compile", "onnxruntime", "training"] = "torch"
     """How a trained network runs: its inference form (:mod:`hinas.infer.backends`) in eager PyTorch, through
     ``torch.compile`` or ONNX Runtime, or ``training``, the network as trained (eval mode)."""
 
     def __post_init__(self) -> None:
-        _non_negative(self, "tile", "tile_overlap")
+        _non_negative(self, "tile", "tile_overlap", "threads")
         if not self.sets:
             raise ConfigError("eval.sets: name at least one test set or folder")
         if any(s < 0 for s in self.sigmas):

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text: it shows in terminals, notebooks and exported notebooks alike
 
 from hinas.data.degrade import bicubic_up, seeded_noisy, sr_pair
 from hinas.errors import ConfigError, DataError, ModelError

@@ -8,7 +8,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text: it shows in terminals, notebooks and exported notebooks alike
 
 from hinas.data.images import decode, folder_images, save_image
 from hinas.errors import ConfigError, DataError, ModelError, OutputError

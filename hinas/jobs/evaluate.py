@@ -16,7 +16,7 @@ from hinas.engine.settings import EvalConfig
 from hinas.errors import HinasError
 from hinas.eval.scoring import Bicubic, baseline, evaluate_model
 from hinas.files import atomic_write_bytes, write_json
-from hinas.hardware import pick_device
+from hinas.hardware import pick_device, set_threads
 from hinas.infer.backends import InferenceModel
 from hinas.nas.network import Network, load_model
 
@@ -41,6 +41,7 @@ def load_for_eval(cfg: "EvalConfig", device: torch.device | None = None) -> tupl
 def evaluate_run(cfg: "EvalConfig", out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Evaluate ``cfg.model`` on every set and noise level (or scale); writes metrics.json and per_image.csv to ``out``."""
     check_run_dir(Path(out), overwrite=overwrite)
+    set_threads(cfg.threads)
     model, task, scales, channels = load_for_eval(cfg, pick_device(cfg.device))
     image_sets = {name: load_images(name, cfg.data_root or None, channels=channels) for name in cfg.sets}
     run = RunDir(out, cfg, overwrite=overwrite)

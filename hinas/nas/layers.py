@@ -1,6 +1,6 @@
 """Fixed parts shared by the search supernet and the derived network: stem, scalers, decoder, residual head.
 
-Layouts follow HINAS.md ("The final network layer by layer"); the parameter
+Layouts follow docs/HINAS.md ("The final network layer by layer"); the parameter
 counts of the authors' networks are checked against them in the tests.
 """
 

@@ -1,4 +1,4 @@
-"""The network derived from a genotype, laid out as the authors' final networks (HINAS.md).
+"""The network derived from a genotype, laid out as the authors' final networks (docs/HINAS.md).
 
 stem -> L layers (two 1x1 scalers, then the layer's fixed cell at its width)
 -> decoder (last cell + an earlier endpoint feature) -> residual reconstruction.

@@ -141,7 +141,7 @@ class SearchSpace:
 _HINTS = get_type_hints(SearchSpace)
 
 PRESETS: dict[str, SearchSpace] = {
-    # The authors' released search configs (HINAS.md, "Search protocol").
+    # The authors' released search configs (docs/HINAS.md, "Search protocol").
     "paper-denoise": SearchSpace(task="denoise", in_channels=1, layers=3, nodes=4, filters=10),
     "paper-sr": SearchSpace(task="sr", in_channels=3, scale=4, layers=2, nodes=3, filters=8),
 }

@@ -418,27 +418,27 @@ def genotype_agreement(runs: str | Path, profile: Profile) -> dict[str, Any]:
 # --- published figures ----------------------------------------------------------------------------------
 
 PUBLISHED: tuple[dict[str, Any], ...] = (
-    # (HINAS.md) MATLAB bicubic: no training, so the same protocol as ours.
+    # (docs/HINAS.md) MATLAB bicubic: no training, so the same protocol as ours.
     *({"source": "bicubic (MATLAB)", "ours": "bicubic", "task": "sr", "level": scale, "set": name, "psnr": psnr,
        "comparable": "yes", "why": "no training; same test protocol"}
       for scale, figures in ((2, (33.66, 30.24, 29.56)), (4, (28.42, 26.00, 25.96)))
       for name, psnr in zip(("Set5", "Set14", "B100"), figures)),
-    # DnCNN-S (Zhang et al. 2017), as quoted in HINAS.md.
+    # DnCNN-S (Zhang et al. 2017), as quoted in docs/HINAS.md.
     *({"source": "DnCNN-S (published)", "ours": "dncnn-17", "task": "denoise", "level": 25, "set": name, "psnr": psnr,
        "comparable": "no", "why": "same test protocol, but trained to convergence on a GPU; ours has the CPU budget"}
       for name, psnr in (("BSD68", 29.23), ("Set12", 30.44))),
-    # DuRN-P on the paper's BSD500 benchmark (HINAS.md).
+    # DuRN-P on the paper's BSD500 benchmark (docs/HINAS.md).
     *({"source": "DuRN-P (peer)", "ours": "", "task": "denoise", "level": sigma, "set": "BSD500-test", "psnr": psnr,
        "comparable": "no", "why": "other test set (BSD500 test, 200 images) and sigmas; full GPU training"}
       for sigma, psnr in ((30, 28.49), (50, 26.36), (70, 25.06))),
-    # Light x2 SR peers (HINAS.md): Set5 / Set14 / B100.
+    # Light x2 SR peers (docs/HINAS.md): Set5 / Set14 / B100.
     *({"source": f"{peer} (peer, {params} M)", "ours": "", "task": "sr", "level": 2, "set": name, "psnr": psnr,
        "comparable": "no", "why": "same test protocol; trained on DIV2K for days on GPUs"}
       for peer, params, figures in (("CARN", 1.59, (37.76, 33.52, 32.09)), ("CARN-M", 0.41, (37.53, 33.26, 31.92)),
                                     ("FALSR-A", 1.02, (37.82, 33.55, 32.12)), ("FALSR-C", 0.41, (37.66, 33.26, 31.96)))
       for name, psnr in zip(("Set5", "Set14", "B100"), figures)),
 )
-"""Published and peer figures (HINAS.md) and which of our models, if any, measures the same thing."""
+"""Published and peer figures (docs/HINAS.md) and which of our models, if any, measures the same thing."""
 
 PAPER_CLAIMS = (
     "HiNAS search: about 1 GPU-hour for denoising (BSD500) and 3.5 GPU-hours for x4 SR (DIV2K) on one GTX 1080Ti, "
@@ -446,7 +446,7 @@ PAPER_CLAIMS = (
     "Found networks of roughly 0.2-1.0 M parameters, competitive with DnCNN, RED, MemNet, NLRN, N3Net, DuRN and light SR nets.",
     "Layer-wise architecture sharing (lwas) beats one tied cell for the whole network.",
 )
-"""The paper's claims as HINAS.md states them; its PSNR tables are not reproduced there, so none are quoted."""
+"""The paper's claims as docs/HINAS.md states them; its PSNR tables are not reproduced there, so none are quoted."""
 
 
 def published_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,7 +8,8 @@ Every function takes plain run data (a ``history`` list as written to
 from __future__ import annotations
 
 import textwrap
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
@@ -25,19 +26,25 @@ def edge_labels(space: SearchSpace) -> list[str]:
 
 
 def plot_alphas(space: SearchSpace, alpha_probs: torch.Tensor) -> Figure:
-    """One heatmap per alpha (per layer under LWAS): rows are edges, columns operations."""
+    """One heatmap per alpha (per layer under LWAS): rows are edges, columns operations.
+
+    Colours show the change from the uniform start (1 / number of ops) in percentage points, on a scale
+    centred at zero: early in a search the weights move by tenths of a point, which a 0-to-max scale hides.
+    """
     probs = torch.as_tensor(alpha_probs).detach().float().cpu()
-    flat = probs.reshape(-1, *probs.shape[2:])
+    flat = (probs.reshape(-1, *probs.shape[2:]) - 1 / len(space.ops)) * 100
+    reach = float(flat.abs().max()) or 1.0
     la, ka = probs.shape[:2]
-    titles = [f"layer {l + 1}" + (f", level {k}" if ka > 1 else "") if la > 1 else "all layers (tied)" for l in range(la) for k in range(ka)]
+    titles = [f"layer {layer + 1}" + (f", level {k}" if ka > 1 else "") if la > 1 else "all layers (tied)"
+              for layer in range(la) for k in range(ka)]
     fig, axes = plt.subplots(1, len(flat), figsize=(2.2 + 1.6 * len(flat) * len(space.ops) / 4, 0.32 * space.num_edges + 1.8),
                              squeeze=False, sharey=True)
     for ax, mat, title in zip(axes[0], flat, titles):
-        im = ax.imshow(mat.numpy(), cmap="viridis", vmin=0, vmax=float(flat.max()), aspect="auto")
+        im = ax.imshow(mat.numpy(), cmap="RdBu_r", vmin=-reach, vmax=reach, aspect="auto")
         ax.set_title(title, fontsize=9)
-        ax.set_xticks(range(len(space.ops)), space.ops, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(space.num_edges), edge_labels(space), fontsize=7)
-    fig.colorbar(im, ax=axes[0].tolist(), label="softmax(alpha)")
+        ax.set_xticks(range(len(space.ops)), space.ops, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(space.num_edges), edge_labels(space), fontsize=8)
+    fig.colorbar(im, ax=axes[0].tolist(), label=f"softmax(alpha) - 1/{len(space.ops)}\n(percentage points)")
     return fig
 
 
@@ -80,32 +87,44 @@ def plot_search_history(history: list[dict[str, Any]], best_epoch: int | None = 
 
 
 def plot_alpha_evolution(history: list[dict[str, Any]], space: SearchSpace) -> Figure:
-    """Mean weight of each operation over the edges of each alpha, epoch by epoch."""
+    """Mean weight of each operation over the edges of each alpha, epoch by epoch, as the change from uniform.
+
+    The weights start at 1 / number of ops; plotted raw, a short search's lines sit on top of each other.
+    """
     alphas = torch.tensor([h["alpha"] for h in history])  # (epochs, la, ka, edges, ops)
-    per_op = alphas.mean(dim=3).flatten(1, 2)  # (epochs, alphas, ops)
+    per_op = (alphas.mean(dim=3).flatten(1, 2) - 1 / len(space.ops)) * 100  # (epochs, alphas, ops)
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, per_op.shape[1], figsize=(3.6 * per_op.shape[1], 3), squeeze=False, sharey=True)
+    la, ka = alphas.shape[1:3]
+    titles = [f"layer {layer + 1}" + (f", level {k}" if ka > 1 else "") if la > 1 else "all layers (tied)"
+              for layer in range(la) for k in range(ka)]
+    fig, axes = plt.subplots(1, per_op.shape[1], figsize=(3.6 * per_op.shape[1], 3.4), squeeze=False, sharey=True,
+                             layout="constrained")
     for i, ax in enumerate(axes[0]):
         for o, name in enumerate(space.ops):
-            ax.plot(epochs, per_op[:, i, o], label=name, ls="--" if name in ("identity", "zero") else "-")
-        ax.set(xlabel="epoch", title=f"alpha {i + 1}")
-    axes[0][0].set_ylabel("mean softmax(alpha)")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
-    fig.tight_layout()
+            ax.plot(epochs, per_op[:, i, o], label=name, ls="--" if name in ("identity", "zero") else "-", color=f"C{o}")
+        ax.set(xlabel="epoch", title=titles[i])
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"mean softmax(alpha) - 1/{len(space.ops)}\n(percentage points)")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right upper", fontsize=9)
     return fig
 
 
 def plot_beta_evolution(history: list[dict[str, Any]], space: SearchSpace) -> Figure:
-    """Probability of every legal move, per source layer, epoch by epoch."""
+    """Probability of every legal move, per source layer, epoch by epoch, as the change since the first epoch.
+
+    The moves start uniform (1/2 or 1/3 each) and move by fractions of a point in a short search.
+    """
     betas = torch.tensor([h["beta"] for h in history])  # (epochs, layers, levels, moves)
+    betas = (betas - betas[:1]) * 100
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, space.layers, figsize=(3.4 * space.layers, 3), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, space.layers, figsize=(3.6 * space.layers, 3.6), squeeze=False, sharey=True)
     for layer, ax in enumerate(axes[0]):
         for j, m in space.legal_moves(layer):
             ax.plot(epochs, betas[:, layer, j, m], label=f"x{space.widths[j]:g} {MOVE_NAMES[m]}")
-        ax.set(xlabel="epoch", title="stem" if layer == 0 else f"from layer {layer}", ylim=(0, 1))
-        ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("softmax(beta)")
+        ax.set(xlabel="epoch", title="stem" if layer == 0 else f"from layer {layer}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+    axes[0][0].set_ylabel(f"softmax(beta) change since epoch {epochs[0]}\n(percentage points)")
     fig.tight_layout()
     return fig
 
@@ -142,7 +161,7 @@ def plot_comparison(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, torch.
 
     SR inputs are shown upscaled to the target's size (nearest), so crops align.
     """
-    fig, axes = plt.subplots(len(rows), 5, figsize=(14, 2.9 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 5, figsize=(12, 2.4 * len(rows)), squeeze=False, layout="constrained")
     for ax_row, (name, degraded, restored, target) in zip(axes, rows):
         h, w = target.shape[-2:]
         if degraded.shape[-2:] != (h, w):
@@ -155,11 +174,11 @@ def plot_comparison(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, torch.
             ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
             ax.set_title(f"{name}: {title}" if title == "degraded" else title, fontsize=9)
         for ax, err, title in ((ax_row[3], err_in, "|degraded - truth|"), (ax_row[4], err_out, "|restored - truth|")):
-            ax.imshow(err.numpy(), cmap="inferno", vmin=0, vmax=vmax)
+            im = ax.imshow(err.numpy(), cmap="inferno", vmin=0, vmax=vmax)
             ax.set_title(title, fontsize=9)
         for ax in ax_row:
             ax.axis("off")
-    fig.tight_layout()
+        fig.colorbar(im, ax=list(ax_row[3:]), shrink=0.9, label="absolute error (0-1)")
     return fig
 
 
@@ -167,7 +186,10 @@ FAMILY_COLORS = {"hinas": "tab:blue", "random": "tab:orange", "dncnn": "tab:gree
 
 
 def plot_psnr_by_model(rows: Sequence[dict[str, Any]], sets: Sequence[str], title: str) -> Figure:
-    """PSNR of every model: one row of panels per (task, level), one panel per test set, bars coloured by family.
+    """PSNR of every model: one row of panels per (task, level), one panel per test set, dots coloured by family.
+
+    Dots with their values, not bars: the axis spans the models' range (a bar's length from an axis that does
+    not start at 0 dB would exaggerate differences; from 0 dB it would hide them).
 
     ``rows`` are :func:`hinas.results.collect` rows; ``title`` should state the budget and hardware.
     """
@@ -182,14 +204,17 @@ def plot_psnr_by_model(rows: Sequence[dict[str, Any]], sets: Sequence[str], titl
         for ax, s in zip(ax_row, block_sets):
             chosen = [r for r in rows if r["task"] == task and r["level"] == level and f"{s}/psnr" in r]
             values = [r[f"{s}/psnr"] for r in chosen]
-            ax.barh(range(len(chosen)), values, color=[FAMILY_COLORS.get(r["family"], "tab:purple") for r in chosen])
+            ax.scatter(values, range(len(chosen)), color=[FAMILY_COLORS.get(r["family"], "tab:purple") for r in chosen], zorder=3)
+            for y, v in enumerate(values):
+                ax.annotate(f"{v:.2f}", (v, y), xytext=(5, 0), textcoords="offset points", va="center", fontsize=7)
             ax.set_yticks(range(len(chosen)), [r["model"] for r in chosen], fontsize=8)
             ax.invert_yaxis()
+            ax.grid(axis="x", alpha=0.3)
             low, high = min(values), max(values)
-            ax.set_xlim(low - 0.1 * (high - low + 0.5), high + 0.1 * (high - low + 0.5))
+            ax.set_xlim(low - 0.1 * (high - low + 0.5), high + 0.25 * (high - low + 0.5))
             ax.set_title(f"{s}, {'sigma ' if task == 'denoise' else 'x'}{level}", fontsize=10)
             ax.tick_params(axis="x", labelsize=8)
-        ax_row[0].set_xlabel("PSNR (dB)", fontsize=8)
+        ax_row[0].set_xlabel("PSNR (dB); axis spans the values", fontsize=8)
     fig.suptitle("\n".join(textwrap.wrap(title, 30 * max(3, cols))), fontsize=9)
     fig.tight_layout()
     return fig

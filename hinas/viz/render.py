@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import graphviz
@@ -47,7 +50,8 @@ def cell_graph(space: SearchSpace, cell: CellGenotype, title: str = "cell") -> g
 def path_graph(genotype: Genotype) -> graphviz.Digraph:
     """The trellis of (layer, level) cells with the chosen width path drawn bold."""
     space = genotype.space
-    g = graphviz.Digraph(name="width path", graph_attr={"rankdir": "LR", "label": "width path", "labelloc": "t", "nodesep": "0.3"})
+    g = graphviz.Digraph(name="width path",
+                         graph_attr={"rankdir": "LR", "label": "width path", "labelloc": "t", "nodesep": "0.3"})
     chosen = set(enumerate(genotype.path, start=1)) | {(0, 0)}
     for layer in range(space.layers + 1):
         with g.subgraph(name=f"rank{layer}", graph_attr={"rank": "same"}) as rank:
@@ -63,7 +67,8 @@ def path_graph(genotype: Genotype) -> graphviz.Digraph:
                 k = j + move
                 if k in space.layer_levels(layer + 1):
                     on = j == prev and k == genotype.path[layer]
-                    g.edge(f"c{layer}_{j}", f"c{layer + 1}_{k}", penwidth="3" if on else "0.5", color="#d94801" if on else "gray70")
+                    g.edge(f"c{layer}_{j}", f"c{layer + 1}_{k}", penwidth="3" if on else "0.5",
+                           color="#d94801" if on else "gray70")
         prev = genotype.path[layer]
     return g
 
@@ -99,3 +104,54 @@ def render(graph: graphviz.Digraph, out: str | Path, formats: tuple[str, ...] = 
 
 def draw_genotype(genotype: Genotype, out: str | Path, formats: tuple[str, ...] = ("svg", "png")) -> list[Path]:
     return render(genotype_graph(genotype), out, formats)
+
+
+def has_dot() -> bool:
+    return shutil.which("dot") is not None
+
+
+def warn_no_dot(instead: str) -> None:
+    """One line on stderr, where a terminal or a notebook shows it (a run's log.jsonl is read too late)."""
+    print(f"warning: {INSTALL_DOT}; {instead}", file=sys.stderr)
+
+
+def describe(genotype: Genotype, filters: int | None = None) -> str:
+    """A text summary: width path, cells, size of the derived network; what shows a genotype without Graphviz."""
+    from hinas.nas.complexity import count_flops, count_params
+    from hinas.nas.network import Network
+
+    space = genotype.space
+    net = Network(genotype, filters)
+    lines = [f"{space.task} network, {space.in_channels} channel(s)" + (f", x{space.scale}" if space.task == "sr" else ""),
+             "width path: " + " -> ".join(["stem"] + [f"x{space.widths[k]:g}" for k in genotype.path])]
+    for layer, cell in enumerate(genotype.cells, start=1):
+        lines.append(f"layer {layer}:")
+        lines += [f"  node {n}: " + " + ".join(f"{op}({state_name(s)})" for op, s in node) for n, node in enumerate(cell)]
+    size = 256 // space.scale
+    lines.append(f"F={net.filters}: {count_params(net) / 1e6:.3f} M parameters, "
+                 f"{count_flops(net, (1, space.in_channels, size, size)) / 1e9:.2f} GFLOP for a {size}x{size} input")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A genotype as Jupyter shows it: the drawing as SVG, or its text description where Graphviz is missing."""
+
+    text: str
+    svg: str | None = None
+
+    def _repr_svg_(self) -> str | None:
+        return self.svg
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def picture(genotype: Genotype) -> Picture:
+    """The drawing for a notebook; without ``dot`` a warning on stderr and the text, so the notebook runs on."""
+    text = describe(genotype)
+    try:
+        return Picture(text, genotype_graph(genotype).pipe(format="svg", encoding="utf-8"))
+    except graphviz.ExecutableNotFound:
+        warn_no_dot("showing the genotype as text")
+        return Picture(text)
