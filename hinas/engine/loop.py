@@ -30,8 +30,16 @@ from hinas.engine.losses import restoration_loss
 from hinas.engine.rundir import CHECKPOINT, RunDir, check_run_dir, seed_everything
 from hinas.engine.settings import RunConfig
 from hinas.errors import CheckpointError, NonFiniteError
-from hinas.hardware import amp_dtype, autocast, exact_float32, memory_layout, pick_device, precision_name, prepare_device,
-                            set_threads
+from hinas.hardware import (
+    amp_dtype,
+    autocast,
+    exact_float32,
+    memory_layout,
+    pick_device,
+    precision_name,
+    prepare_device,
+    set_threads,
+)
 
 P = TypeVar("P", bound=Progress)
 R = TypeVar("R")
