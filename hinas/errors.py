@@ -49,3 +49,8 @@ class Interrupted(HinasError):
     def __init__(self, message: str, signal: int) -> None:
         super().__init__(message)
         self.signal = signal
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (or its type's name): enough to say why, short enough for one line."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

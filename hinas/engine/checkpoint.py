@@ -29,7 +29,7 @@ from torch import nn
 
 from hinas.config import to_dict
 from hinas.engine.rundir import CHECKPOINT, RunDir
-from hinas.errors import CheckpointError, Interrupted, NonFiniteError
+from hinas.errors import CheckpointError, Interrupted, NonFiniteError, first_line
 from hinas.files import atomic_torch_save, torch_load_untrusted
 from hinas.version import __version__
 
@@ -149,13 +149,9 @@ def load_state(cls: type[P], saved: dict[str, Any], model: nn.Module, optimizers
         state = cls(**saved["progress"])
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{source}: does not fit this {saved['kind']} (written for another search space "
-                              f"or network?): {_first_line(err)}") from None
+                              f"or network?): {first_line(err)}") from None
     set_rng_state(saved["rng"])
     return state
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 class StopSignals:

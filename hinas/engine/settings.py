@@ -17,6 +17,7 @@ import yaml
 from hinas import config
 from hinas.errors import ConfigError
 from hinas.files import read_regular
+from hinas.infer.tiling import check_tiling
 from hinas.nas.space import PRESETS as SPACE_PRESETS
 from hinas.nas.space import SR_SCALES, SearchSpace
 
@@ -174,8 +175,7 @@ class EvalConfig:
             raise ConfigError(f"eval.sigmas: noise levels must not be negative, got {list(self.sigmas)}")
         if any(s not in SR_SCALES for s in self.scales):
             raise ConfigError(f"eval.scales: {list(self.scales)} is not valid; choose from {SR_SCALES}")
-        if self.tile and self.tile_overlap >= self.tile:
-            raise ConfigError(f"eval.tile_overlap: {self.tile_overlap} must be smaller than tile ({self.tile})")
+        check_tiling(self.tile, self.tile_overlap, "eval.")
 
 
 def _positive(obj: Any, *names: str) -> None:

@@ -15,7 +15,7 @@ from hinas.errors import ConfigError, DataError, ModelError, OutputError
 from hinas.files import lock_folder
 from hinas.hardware import pick_device
 from hinas.infer.backends import BACKENDS, InferenceModel
-from hinas.infer.tiling import tiled_forward
+from hinas.infer.tiling import check_tiling, tiled_forward
 from hinas.nas.network import Network, load_model
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,7 @@ def restore_folder(model: str | Path, inputs: str | Path, outputs: str | Path, *
     """
     if backend not in (*BACKENDS, "training"):
         raise ConfigError(f"backend: {backend!r} is not one of {', '.join((*BACKENDS, 'training'))}")
-    if tile < 0 or overlap < 0 or (tile and overlap >= tile):
-        raise ConfigError(f"tile ({tile}) and overlap ({overlap}) must not be negative, and overlap must be smaller than tile")
+    check_tiling(tile, overlap)
     inputs, outputs = Path(inputs), Path(outputs)
     _check_length(outputs)
     if not inputs.is_dir():

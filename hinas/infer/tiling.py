@@ -72,6 +72,14 @@ def checked(y: object, x: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def check_tiling(tile: int, overlap: int, where: str = "") -> None:
+    """The one rule for tile settings: neither negative, and the overlap smaller than a tile (0: no tiling)."""
+    if tile < 0 or overlap < 0:
+        raise ConfigError(f"{where}tile ({tile}) and tile_overlap ({overlap}) must not be negative; tile 0 restores whole images")
+    if tile and overlap >= tile:
+        raise ConfigError(f"{where}tile_overlap ({overlap}) must be smaller than tile ({tile})")
+
+
 def tiled_forward(model: nn.Module, x: torch.Tensor, scale: int = 1, tile: int = 0, overlap: int = 16) -> torch.Tensor:
     """Run ``model`` on a (N, C, H, W) batch, in overlapping tiles of side ``tile`` when that is > 0.
 
@@ -85,8 +93,7 @@ def tiled_forward(model: nn.Module, x: torch.Tensor, scale: int = 1, tile: int =
         tile, overlap = auto_tile(model, x, overlap)
     if tile <= 0 or (h <= tile and w <= tile):
         return checked(model(x), x, scale)
-    if overlap >= tile:
-        raise ConfigError(f"tile_overlap ({overlap}) must be smaller than tile ({tile})")
+    check_tiling(tile, overlap)
     stride = tile - overlap
     out = weight = None
     for top in _starts(h, tile, stride):

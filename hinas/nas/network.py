@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hinas.errors import ConfigError, GenotypeError
+from hinas.errors import ConfigError, GenotypeError, first_line
 from hinas.nas.baselines import DnCNN
 from hinas.nas.genotype import CellGenotype, Genotype
 from hinas.nas.layers import STEM_CHANNELS, Decoder, Stem, scaler
@@ -136,7 +136,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> "N
     try:
         model.load_state_dict(state.get("state_dict"))
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise GenotypeError(f"{path}: weights do not fit the genotype it names ({_first_line(err)})") from None
+        raise GenotypeError(f"{path}: weights do not fit the genotype it names ({first_line(err)})") from None
     return model.to(map_location)
 
 
@@ -146,7 +146,3 @@ def _dncnn(path: str | Path, state: dict[str, Any]) -> DnCNN:
     if shape["in_channels"] not in (1, 3) or not sizes_ok:
         raise GenotypeError(f"{path}: a DnCNN checkpoint needs in_channels 1 or 3 and integer depth and channels, got {shape}")
     return DnCNN(**shape)
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -41,12 +41,6 @@ def _cell_into(g: graphviz.Digraph, space: SearchSpace, cell: CellGenotype, pref
         g.edge(f"{prefix}s{n + 2}", f"{prefix}out", style="dashed", color="gray50")
 
 
-def cell_graph(space: SearchSpace, cell: CellGenotype, title: str = "cell") -> graphviz.Digraph:
-    g = graphviz.Digraph(name=title, graph_attr={"label": title, "labelloc": "t", "fontsize": "16"})
-    _cell_into(g, space, cell, "")
-    return g
-
-
 def path_graph(genotype: Genotype) -> graphviz.Digraph:
     """The trellis of (layer, level) cells with the chosen width path drawn bold."""
     space = genotype.space
