@@ -45,7 +45,10 @@ def test_every_help_example_parses_and_its_settings_resolve(example, monkeypatch
     if args.command in COMMANDS and not getattr(args, "resume", None) or args.command == "config":
         assert isinstance(settings(args), tuple(COMMANDS.values()))
     if args.command == "prepare":
-        assert set(load_section(args.config)) >= {"fetch", "sets"}
+        from hinas.config import from_dict
+        from hinas.studies.pipeline import DataConfig
+
+        assert from_dict(DataConfig, load_section(args.config), args.config).denoise
 
 
 def test_the_evaluate_example_keys_are_evaluate_keys():

@@ -40,6 +40,8 @@ class RunConfig:
     """Training patch side; for SR the low-resolution side."""
     lr_power: float = 0.9
     momentum: float = 0.9
+    grad_clip: float = 0.0
+    """Clip the norm of the weights' gradient to this (0: no clipping, as the paper's search; its retraining uses 5)."""
     pixel_loss: Literal["mse", "l1"] = "mse"
     seed: int = 0
     device: Device = "auto"
@@ -67,7 +69,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "patch")
-        _non_negative(self, "val_crop", "workers", "checkpoint_every", "max_rollbacks", "threads")
+        _non_negative(self, "val_crop", "workers", "checkpoint_every", "max_rollbacks", "threads", "grad_clip")
         _fraction(self, "rollback_lr_factor")
 
 
@@ -138,7 +140,7 @@ class TrainConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive(self, "filters", "batch", "iterations", "val_every", "val_images")
-        _non_negative(self, "sigma", "lr", "weight_decay", "grad_clip", "scale")
+        _non_negative(self, "sigma", "lr", "weight_decay", "scale")
         if self.scale not in (0, *SR_SCALES):
             raise ConfigError(f"train.scale: {self.scale} is not valid; 0 keeps the genotype's, or choose one of {SR_SCALES}")
         if self.rescale and (len(self.rescale) != 2 or not 0 < self.rescale[0] <= self.rescale[1]):
@@ -221,7 +223,7 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
     "cpu-demo": {
         "space": {**SPACE_PRESETS["paper-denoise"].to_dict(), "nodes": 3, "filters": 6}, "val_images": 2, "patch": 32,
         "patches_per_image": 12, "batch": 8, "epochs": 30, "arch_start": 11, "select_from": 16, "val_crop": 96,
-        "lr_cycle": 5,
+        "lr_cycle": 5, "grad_clip": 5.0,
     },
 }
 

@@ -155,7 +155,7 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
             state.a_losses.append(checked_step(self.loss(xa, ya, cfg.loss_scale), opts["arch"], self.grad_scaler, self.arch,
                                                f"arch step at {state.position()}", **guard))
         state.w_losses.append(checked_step(self.loss(xw, yw, cfg.loss_scale), opts["weights"], self.grad_scaler, self.weights,
-                                           f"weight step at {state.position()}", **guard))
+                                           f"weight step at {state.position()}", clip=cfg.grad_clip, **guard))
         state.step += 1
         self.bar.set_postfix(epoch=state.epoch, loss=f"{state.w_losses[-1]:.4f}", refresh=False)
 
