@@ -1,4 +1,4 @@
-"""``hinas demo | search | retrain | evaluate | restore | show | prepare | report | aggregate``: a thin command line over the Python API.
+"""``hinas demo | search | retrain | evaluate | restore | show | profile | prepare | report | aggregate``: a thin command line over the Python API.
 
 Settings resolve as defaults <- ``--preset`` <- ``--config FILE`` <- ``--set key=value``
 and are validated in full before any work starts.
@@ -22,7 +22,7 @@ SHORTCUTS = {"retrain": ("genotype", "genotype file or search run directory"),
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hinas", description=__doc__.split("\n")[0], allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,retrain,evaluate,restore,show,prepare,report,aggregate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,search,retrain,evaluate,restore,show,profile,prepare,report,aggregate}")
     demo = sub.add_parser("demo", help="the main job on the embedded photos: search, draw, retrain, evaluate", allow_abbrev=False)
     demo.add_argument("--preset", choices=["cpu-demo", "smoke"], default="cpu-demo", help="cpu-demo (~12 min) or smoke (seconds)")
     demo.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default: %(default)s)")
@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("genotype", help="genotype.json or a run directory holding one")
     show.add_argument("--filters", type=int, help="filter multiplier for the parameter count (default: the genotype's)")
     show.add_argument("--out", metavar="STEM", help="drawing path without extension (default: next to the genotype)")
+    prof = sub.add_parser("profile", help="measure a search space's latency table on this machine (for latency-aware search)",
+                          allow_abbrev=False)
+    prof.add_argument("--space", default="paper-denoise", help="search-space preset (default: %(default)s)")
+    prof.add_argument("--size", type=int, default=256, help="input side in pixels (default: %(default)s)")
+    prof.add_argument("--filters", type=int, default=20, help="filter multiplier of the deployed network (default: %(default)s)")
+    prof.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    prof.add_argument("--out", metavar="FILE", required=True, help="table JSON: re-used when it holds here, else measured")
+    prof.add_argument("--force", action="store_true", help="measure again even where FILE holds here or was measured elsewhere")
     return parser
 
 
@@ -93,6 +101,8 @@ def describe(genotype, filters: int | None = None) -> str:
     size = 256 // space.scale
     lines.append(f"F={net.filters}: {count_params(net) / 1e6:.3f} M parameters, "
                  f"{count_flops(net, (1, space.in_channels, size, size)) / 1e9:.2f} GFLOP for a {size}x{size} input")
+    if "latency_ms" in genotype.meta:
+        lines.append(f"predicted latency: {genotype.meta['latency_ms']} ms ({genotype.meta.get('latency_for', 'unknown setting')})")
     return "\n".join(lines)
 
 
@@ -101,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "show":
             return _show(args)
+        if args.command == "profile":
+            return _profile(args)
         if args.command == "demo":
             return _demo(args)
         if args.command in ("prepare", "report", "aggregate"):
@@ -205,6 +217,25 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"{r['set']:>14} sigma {r['sigma']:g}: PSNR {r['psnr']:.2f} dB (noisy input {r['input_psnr']:.2f} dB)")
     print(f"genotype: {res['genotype']}\ndrawing: {res['drawing']}\nmodel: {res['model']} ({res['params_m']:.3f} M parameters)")
     print(f"metrics: {res['metrics']}")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from hinas.hardware import keep_freed_memory
+    from hinas.infer.latency_table import load_or_measure, measure, save
+    from hinas.nas.space import preset
+
+    keep_freed_memory()
+    space = preset(args.space)
+    if args.force:
+        table = measure(space, args.filters, args.size, args.device, log=print)
+        save(table, args.out)
+    else:
+        table = load_or_measure(args.out, space, args.filters, args.size, args.device, log=print)
+    print(f"{'op':>14} " + " ".join(f"x{w:<7g}" for w in space.widths) + " (ms per edge)")
+    for op, row in table.ops.items():
+        print(f"{op:>14} " + " ".join(f"{v:8.2f}" for v in row))
+    print(f"calibration: {table.calibration}\ntable: {args.out}")
     return 0
 
 
