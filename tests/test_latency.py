@@ -139,7 +139,7 @@ def test_measuring_a_tiny_space_writes_a_table_that_is_then_reused(tmp_path, mon
     assert torch.equal(torch.random.get_rng_state(), state)  # a search's random stream is untouched
     assert table.env == latency_table.environment(CPU, 16) and table.space == space.replace(filters=4)
     assert all(v >= 0 for row in table.ops.values() for v in row) and table.ops["identity"] == (0.0,) * space.levels
-    assert table.calibration["networks"] == 4 and table.calibration["seeds"][0] == latency_table.CALIBRATION_SEED
+    assert table.calibration["networks"] == 8 and table.calibration["seeds"][0] == latency_table.CALIBRATION_SEED
     monkeypatch.setattr(latency_table, "measure", lambda *a, **k: pytest.fail("re-measured a table that holds"))
     assert latency_table.load_or_measure(path, space, 4, 16) == table
     assert network_latency(table, random_genotype(space, 0)) > 0

@@ -5,9 +5,15 @@ per feature, convolutions merged across edges, layouts chosen per cell), so an o
 it costs in place. Every part is timed by hooks on the inference form of small probe networks: for each
 operation, networks whose cells use only it, along a path at level 0 and one climbing to the widest level; and
 identity-only networks ending at each level (the decoders, the endpoints). An edge's cost is its cell's time
-above an identity-only cell's, per edge. Then a few random networks calibrate the cells: their measured cell
-times are fitted as ``u * cell + a * sum of edges``, which absorbs what edge-by-edge costs miss (merged
-convolutions, node sums). Each time is the fastest of ``repeats`` runs, the figure least disturbed by other load.
+above an identity-only cell's, per edge. Then a few random networks (seeds of their own) calibrate: the mean
+amount by which their measured latency exceeds the table's sum is added to every cell's fixed cost, which absorbs
+what part-by-part costs miss (mixed cells merge fewer convolutions than uniform ones; layouts between parts).
+
+On the CPU with one thread, times are the thread's CPU time (:func:`clock`): the latency the network has on
+an otherwise idle machine, which a shared machine cannot show in wall time. Every time is the fastest of
+``repeats`` runs, and a part that several probes run alike (the stem, a decoder,
+a scaler, a cell) takes its fastest instance: on a shared machine that is the figure least disturbed by other
+load. Only the time between parts (``glue``) is a median, being a difference of two times.
 
 A table is valid only where it was measured: same device and CPU model, precision, torch version, threads,
 input size and space (:func:`check`); another is refused, never silently used.
@@ -61,11 +67,20 @@ def inference_precision(device: torch.device) -> str:
     return str(next(b for b in fast.buffers() if b.is_floating_point()).dtype).removeprefix("torch.")
 
 
+def clock(device: torch.device) -> tuple[str, Callable[[], float]]:
+    """How latency is timed: on the CPU with one thread, the CPU time of the thread that runs every kernel (time
+    other processes take from it is not counted, so a loaded machine still measures its idle latency); else wall
+    time. Returns its name and the clock in seconds."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return "thread_time", time.thread_time
+    return "wall", time.perf_counter
+
+
 def environment(device: torch.device, size: int) -> dict[str, Any]:
-    """What a latency depends on besides the network: where and how it runs, and on what input."""
+    """What a latency depends on besides the network: where and how it runs, on what input, timed how."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {"device": device.type, "device_name": name, "precision": inference_precision(device),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "size": size}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "size": size, "clock": clock(device)[0]}
 
 
 def check(table: LatencyTable, space: SearchSpace, filters: int, env: dict[str, Any]) -> None:
@@ -128,6 +143,7 @@ def time_network(genotype: Genotype, filters: int, x: torch.Tensor, repeats: int
     """Milliseconds of the inference form's forward pass, and of each of its top-level parts (``cells.0``,
     ``scale1.2``, ``decoder`` ...), each the fastest of ``repeats`` runs after one warm-up run."""
     device = x.device
+    now = clock(device)[1]
     model = InferenceModel(Network(genotype, filters).eval().to(device))
     parts: dict[str, list[float]] = defaultdict(list)
     started: dict[str, float] = {}
@@ -135,13 +151,13 @@ def time_network(genotype: Genotype, filters: int, x: torch.Tensor, repeats: int
     def begin(name: str) -> Callable[..., None]:
         def hook(*_: Any) -> None:
             _sync(device)
-            started[name] = time.perf_counter()
+            started[name] = now()
         return hook
 
     def end(name: str) -> Callable[..., None]:
         def hook(*_: Any) -> None:
             _sync(device)
-            parts[name].append(time.perf_counter() - started[name])
+            parts[name].append(now() - started[name])
         return hook
 
     hooks = []
@@ -153,10 +169,10 @@ def time_network(genotype: Genotype, filters: int, x: torch.Tensor, repeats: int
     try:
         for run in range(repeats + 1):
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = now()
             model(x)
             _sync(device)
-            totals.append(time.perf_counter() - t0)
+            totals.append(now() - t0)
             if run == 0:
                 parts.clear()
     finally:
@@ -191,11 +207,11 @@ def _layer_inputs(space: SearchSpace, path: tuple[int, ...]) -> list[tuple[int, 
 
 
 def measure(space: SearchSpace, filters: int = 20, size: int = 256, device: str = "cpu", repeats: int = 3,
-            calibrate: int = 4, log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+            calibrate: int = 8, log: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """Measure the latency table of ``space`` at filter multiplier ``filters`` on a ``size`` x ``size`` input.
 
-    Runs in the inference form on ``device`` with the current torch thread count; about 20 networks of
-    ``repeats`` + 1 runs each (under two minutes for the paper's denoising space at F=20 on two cores). The
+    Runs in the inference form on ``device`` with the current torch thread count; about 25 networks of
+    ``repeats`` + 1 runs each (about a minute for the paper's denoising space at F=20 on two cores). The
     global random state is left as it was (the networks' random weights are drawn from a forked one).
     """
     dev = pick_device(device)
@@ -240,10 +256,10 @@ def _collect(sp: SearchSpace, path: tuple[int, ...], parts: dict[str, float], to
 
 
 def _by_level(values: dict[int, list[float]], levels: int) -> tuple[float, ...]:
-    """Mean per level; a level no network of the space can reach (deeper than its layers) repeats the one below."""
+    """Fastest per level; a level no network of the space can reach (deeper than its layers) repeats the one below."""
     out: list[float] = []
     for k in range(levels):
-        out.append(float(np.mean(values[k])) if values.get(k) else out[-1])
+        out.append(min(values[k]) if values.get(k) else out[-1])
     return tuple(out)
 
 
@@ -256,35 +272,30 @@ def _assemble(sp: SearchSpace, ops: list[str], cell_times: dict, scaler_times: d
     for op in ops:
         per_cell = _by_level({k: cell_times[(op, k)] for k in range(K)}, K)
         table_ops[op] = tuple(0.0 if op == "identity" else max(0.0, (t - c) / edges) for t, c in zip(per_cell, cell))
-    seen = {key: float(np.mean(v)) for key, v in scaler_times.items()}
+    seen = {key: min(v) for key, v in scaler_times.items()}
     # scalers no probe ran: a 1x1 convolution's time, fitted as a + b * inputs * outputs on the ones that ran
     sizes = np.array([[1.0, np.prod([int(c) for c in key.split("->")])] for key in seen])
     coef = np.linalg.lstsq(sizes, np.array(list(seen.values())), rcond=None)[0]
     scalers = {key: seen.get(key, float(coef @ [1.0, np.prod([int(c) for c in key.split("->")])]))
                for key in scaler_pairs(sp)}
-    return LatencyTable(sp, table_ops, cell, scalers, _by_level(decoder, K),
-                        {k: float(np.mean(fixed[k])) if fixed.get(k) else 0.0 for k in FIXED_PARTS}, env)
+    stats = {k: float(np.median(v)) if k == "glue" else min(v) for k, v in fixed.items()}
+    # an endpoint that no network of the space has (a one-layer space never reads a cell's) costs nothing
+    return LatencyTable(sp, table_ops, cell, scalers, _by_level(decoder, K), {k: stats.get(k, 0.0) for k in FIXED_PARTS}, env)
 
 
 def _calibrated(table: LatencyTable, genotypes: list[Genotype], measured: list[tuple[float, dict[str, float]]]) -> LatencyTable:
-    """Scale cells' fixed and per-edge costs (``u``, ``a``) to the cell times of random networks, least squares."""
-    rows, ys = [], []
-    for g, (_, parts) in zip(genotypes, measured):
-        for i, (cell, level) in enumerate(zip(g.cells, g.path)):
-            rows.append([table.cell[level], sum(table.ops[op][level] for node in cell for op, _ in node)])
-            ys.append(parts[f"cells.{i}"])
-    u, a = map(float, np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)[0]) if rows else (1.0, 1.0)
-    if u < 0 or a < 0:  # noise on few networks: one common scale instead
-        u = a = float(np.sum(ys) / np.sum(rows)) if rows else 1.0
-    scaled = LatencyTable(table.space, {op: tuple(a * v for v in row) for op, row in table.ops.items()},
-                          tuple(u * v for v in table.cell), table.scalers, table.decoder, table.fixed, table.env)
+    """Add to every cell's fixed cost the mean shortfall per cell of the table's sum on the calibration networks."""
+    short = [total - network_latency(table, g) for g, (total, _) in zip(genotypes, measured)]
+    offset = float(np.mean(short)) / table.space.layers if short else 0.0
+    fitted = LatencyTable(table.space, table.ops, tuple(c + offset for c in table.cell), table.scalers, table.decoder,
+                          table.fixed, table.env)
 
     def errors(t: LatencyTable) -> list[float]:
         return [abs(network_latency(t, g) / total - 1) * 100 for g, (total, _) in zip(genotypes, measured)]
 
-    report = {"networks": len(genotypes), "seeds": [g.meta["seed"] for g in genotypes], "cell_scale": u, "op_scale": a, "median_error_pct_before": _median(errors(table)),
-              "median_error_pct_after": _median(errors(scaled))}
-    return LatencyTable(scaled.space, scaled.ops, scaled.cell, scaled.scalers, scaled.decoder, scaled.fixed, scaled.env, report)
+    report = {"networks": len(genotypes), "seeds": [g.meta["seed"] for g in genotypes], "cell_offset_ms": round(offset, 3),
+              "median_error_pct_before": _median(errors(table)), "median_error_pct_after": _median(errors(fitted))}
+    return LatencyTable(fitted.space, fitted.ops, fitted.cell, fitted.scalers, fitted.decoder, fitted.fixed, fitted.env, report)
 
 
 def _median(values: list[float]) -> float | None:
