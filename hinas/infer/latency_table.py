@@ -11,9 +11,9 @@ what part-by-part costs miss (mixed cells merge fewer convolutions than uniform 
 
 On the CPU with one thread, times are the thread's CPU time (:func:`clock`): the latency the network has on
 an otherwise idle machine, which a shared machine cannot show in wall time. Every time is the fastest of
-``repeats`` runs, and a part that several probes run alike (the stem, a decoder,
-a scaler, a cell) takes its fastest instance: on a shared machine that is the figure least disturbed by other
-load. Only the time between parts (``glue``) is a median, being a difference of two times.
+``repeats`` runs, and a part that several probes run alike (the stem, a decoder, a scaler, a cell) takes its
+fastest instance: the figure least disturbed by other load. Only the time between parts (``glue``) is a median,
+being a difference of two times.
 
 A table is valid only where it was measured: same device and CPU model, precision, torch version, threads,
 input size and space (:func:`check`); another is refused, never silently used.
@@ -84,7 +84,7 @@ def environment(device: torch.device, size: int) -> dict[str, Any]:
 
 
 def check(table: LatencyTable, space: SearchSpace, filters: int, env: dict[str, Any]) -> None:
-    """Refuse a table measured elsewhere: another device, precision, torch version, thread count, size, space or F."""
+    """Refuse a table measured elsewhere: another device, precision, torch version, thread count, size, clock, space or F."""
     table.check_space(space)
     wrong = [f"{k} {table.env.get(k)!r} (here {v!r})" for k, v in env.items() if table.env.get(k) != v]
     if table.space.filters != filters:
@@ -99,7 +99,7 @@ def load(path: str | Path, space: SearchSpace, filters: int, size: int, device: 
     path = Path(path)
     try:
         if path.stat().st_size > MAX_BYTES:
-            raise ConfigError(f"{path}: too large for a latency table")
+            raise ConfigError("too large for a latency table")
         table = LatencyTable.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         if isinstance(err, ConfigError):
