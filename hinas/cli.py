@@ -47,7 +47,9 @@ ABOUT = {
     "show": ("print a genotype and draw it (SVG and PNG; needs Graphviz's dot)",
              "Without dot it prints the text, then fails with the line that installs dot."),
     "prepare": ("gather the data sets a pipeline reads (local copies first, else downloads) and write their manifest",
-                "The config section maps 'fetch' to a list of sources and 'sets' to the named sets to check."),
+                "The config section (hinas.studies.pipeline.DataConfig) names the sets of each half of the pipeline."),
+    "profile": ("measure a search space's latency table on this machine, for latency-aware search",
+                "Times every candidate operation at every width level and the fixed parts in the inference form."),
     "report": ("gather evaluate_*/*/metrics.json of a pipeline into one table", ""),
     "aggregate": ("mean and spread of the metrics of repeated runs (seeds), and whether their genotypes agree", ""),
     "config": ("list presets and print resolved settings with their defaults", ""),
@@ -66,6 +68,7 @@ EXAMPLES = {
     "restore": ["hinas restore runs/retrain noisy/ restored/ --tile 512"],
     "show": ["hinas show runs/search", "hinas show runs/search/genotype.json --filters 20 --out genotype-f20"],
     "prepare": ["hinas prepare --config params.yaml:data --task denoise --out runs/dvc/data/denoise.json"],
+    "profile": ["hinas profile --space paper-denoise --size 256 --filters 20 --out runs/latency.json"],
     "report": ["hinas report runs/dvc --json runs/dvc/results.json --markdown runs/dvc/results.md"],
     "aggregate": ["hinas aggregate runs/seeds/* --markdown runs/seeds.md --json runs/seeds.json"],
     "config": ["hinas config show search --preset cpu-demo", "hinas config show evaluate --preset sr --set scales=[4]",
@@ -166,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     show_cfg.add_argument("--config", metavar="FILE[:SECTION]", help="YAML file of settings")
     show_cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override one setting")
+    prof = _sub(sub, "profile", "The table is JSON, versioned with the device, CPU, precision, torch version and threads it holds for; "
+                "a search with latency_weight or latency_target_ms reads it (latency_table).")
+    prof.add_argument("--space", default="paper-denoise", help="search-space preset (default: %(default)s)")
+    prof.add_argument("--size", type=int, default=256, help="input side in pixels (default: %(default)s)")
+    prof.add_argument("--filters", type=int, default=20, help="filter multiplier of the deployed network (default: %(default)s)")
+    prof.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    prof.add_argument("--out", metavar="FILE", required=True, help="table JSON: re-used when it holds here, else measured")
+    prof.add_argument("--force", action="store_true", help="measure again even where FILE holds here or was measured elsewhere")
     return parser
 
 
@@ -240,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "show":
             return _show(args)
+        if args.command == "profile":
+            return _profile(args)
         if args.command == "demo":
             return _demo(args)
         if args.command in ("prepare", "report", "aggregate"):
@@ -350,6 +363,25 @@ def _demo(args: argparse.Namespace) -> int:
     _print_drawing(Path(res["drawing"]))
     print(f"model: {res['model']} ({res['params_m']:.3f} M parameters)")
     print(f"metrics: {res['metrics']}")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from hinas.hardware import keep_freed_memory
+    from hinas.infer.latency_table import load_or_measure, measure, save
+    from hinas.nas.space import preset
+
+    keep_freed_memory()
+    space = preset(args.space)
+    if args.force:
+        table = measure(space, args.filters, args.size, args.device, log=print)
+        save(table, args.out)
+    else:
+        table = load_or_measure(args.out, space, args.filters, args.size, args.device, log=print)
+    print(f"{'op':>14} " + " ".join(f"x{w:<7g}" for w in space.widths) + " (ms per edge)")
+    for op, row in table.ops.items():
+        print(f"{op:>14} " + " ".join(f"{v:8.2f}" for v in row))
+    print(f"calibration: {table.calibration}\ntable: {args.out}")
     return 0
 
 

@@ -103,11 +103,25 @@ class SearchConfig(RunConfig):
     collapse_skip_limit: int = 0
     """Stop the search once an epoch's genotype (from ``arch_start`` on) has this many skip (identity) ops,
     and select among the earlier epochs: DARTS-style collapse. 0: never stop."""
+    latency_weight: float = 0.0
+    """Architecture loss + this x log(expected latency in ms) of the derived network (:mod:`hinas.nas.latency`);
+    with ``latency_target_ms``, this (or 1) x max(0, expected / target - 1) instead. 0 and no target: off."""
+    latency_target_ms: float = 0.0
+    """Penalise only an expected latency above this many milliseconds (0: no target)."""
+    latency_table: str = ""
+    """Latency table JSON (``hinas profile``): used when it holds on this machine, refused when measured elsewhere,
+    measured and written there when missing. Empty: measured into the run directory when the latency term is on."""
+    latency_filters: int = 20
+    """The filter multiplier the derived network is retrained and run at (``train.filters``), which latency is for."""
+    latency_size: int = 256
+    """Input side (pixels) latency is measured at."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive(self, "val_images", "patches_per_image", "batch", "epochs", "arch_start", "select_from", "lr_cycle")
-        _non_negative(self, "lr", "lr_min", "arch_lr", "weight_decay", "arch_weight_decay", "val_sigma", "collapse_skip_limit")
+        _positive(self, "val_images", "patches_per_image", "batch", "epochs", "arch_start", "select_from", "lr_cycle",
+                  "latency_filters", "latency_size")
+        _non_negative(self, "lr", "lr_min", "arch_lr", "weight_decay", "arch_weight_decay", "val_sigma", "collapse_skip_limit",
+                      "latency_weight", "latency_target_ms")
         if any(s < 0 for s in self.sigmas) or not self.sigmas:
             raise ConfigError(f"search.sigmas: noise levels must be non-negative and at least one, got {list(self.sigmas)}")
 

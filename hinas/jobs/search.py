@@ -35,6 +35,7 @@ from hinas.eval.scoring import check_measurable, score
 from hinas.files import write_json
 from hinas.nas.complexity import count_params
 from hinas.nas.genotype import Genotype
+from hinas.nas.latency import LatencyTable, expected_latency, network_latency
 from hinas.nas.space import SearchSpace
 from hinas.nas.supernet import Supernet
 
@@ -99,6 +100,8 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
     kind = "search"
     progress_type = SearchProgress
     cfg: SearchConfig
+    latency: LatencyTable | None = None
+    """The latency table, where the latency term is on or a table is given."""
 
     def prepare(self) -> None:
         cfg, space = self.cfg, self.cfg.space
@@ -118,6 +121,26 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
         self.weights, self.arch = model.weight_parameters(), model.arch_parameters()
         return {"weights": torch.optim.SGD(self.weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
                 "arch": torch.optim.Adam(self.arch, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)}
+
+    def opened(self) -> None:
+        """Load (or measure, about two minutes) the latency table where the search uses one."""
+        cfg = self.cfg
+        if cfg.latency_weight or cfg.latency_target_ms or cfg.latency_table:
+            from hinas.infer.latency_table import load_or_measure
+
+            path = cfg.latency_table or self.run / "latency_table.json"
+            self.latency = load_or_measure(path, cfg.space, cfg.latency_filters, cfg.latency_size, str(self.device),
+                                           log=lambda message: self.run.log(event="latency", message=message))
+
+    def latency_loss(self) -> torch.Tensor | None:
+        """The architecture loss's latency term (:class:`SearchConfig` ``latency_weight``, ``latency_target_ms``)."""
+        cfg = self.cfg
+        if self.latency is None or not (cfg.latency_weight or cfg.latency_target_ms):
+            return None
+        expected = expected_latency(self.latency, cfg.space, self.model.alpha_probs(), self.model.beta_probs())
+        if cfg.latency_target_ms:
+            return (cfg.latency_weight or 1.0) * torch.relu(expected / cfg.latency_target_ms - 1)
+        return cfg.latency_weight * expected.log()
 
     def start_record(self) -> dict[str, Any]:
         return {"images": self.split_sizes, "steps_per_epoch": self.per_epoch, "params": count_params(self.model)}
@@ -152,8 +175,9 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
                 group["lr"] = base * state.lr_scale
         guard = {"sync": self.ctx.sync_grads, "any_rank": self.ctx.any_rank}
         if state.epoch >= cfg.arch_start:
-            state.a_losses.append(checked_step(self.loss(xa, ya, cfg.loss_scale), opts["arch"], self.grad_scaler, self.arch,
-                                               f"arch step at {state.position()}", **guard))
+            loss, extra = self.loss(xa, ya, cfg.loss_scale), self.latency_loss()
+            state.a_losses.append(checked_step(loss if extra is None else loss + extra, opts["arch"], self.grad_scaler,
+                                               self.arch, f"arch step at {state.position()}", **guard))
         state.w_losses.append(checked_step(self.loss(xw, yw, cfg.loss_scale), opts["weights"], self.grad_scaler, self.weights,
                                            f"weight step at {state.position()}", clip=cfg.grad_clip, **guard))
         state.step += 1
@@ -179,6 +203,10 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
             "alpha": model.alpha_probs().tolist(), "beta": model.beta_probs().tolist(),
             "seconds": self.ckpt.seconds(),
         }
+        if self.latency is not None:
+            with torch.no_grad():
+                record["expected_latency_ms"] = float(expected_latency(self.latency, space, model.alpha_probs(), model.beta_probs()))
+            record["latency_ms"] = network_latency(self.latency, genotype)
         state.history.append(record)
         limit = cfg.collapse_skip_limit
         if limit and epoch >= cfg.arch_start and record["skip_ops"] >= limit:
@@ -195,6 +223,8 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
     def finish(self, state: SearchProgress) -> SearchResult:
         cfg, run, model, space = self.cfg, self.run, self.model, self.cfg.space
         chosen, best_epoch = _select(state, space)
+        if self.latency is not None:
+            chosen.meta.update(latency_meta(self.latency, chosen))
         chosen.save(run / "genotype.json")
         write_json(run / "history.json", state.history)
         _draw(run, chosen, model)
@@ -205,6 +235,7 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
             "skip_ops": picked["skip_ops"], "epochs": cfg.epochs, "epochs_run": len(state.history),
             "stopped_early": state.stopped or None, "rollbacks": state.rollbacks, "steps": len(state.history) * self.per_epoch,
             "seconds": self.ckpt.seconds(), **self.facts, "supernet_params": count_params(model),
+            **{k: v for k, v in chosen.meta.items() if k.startswith("latency")},
             "genotype": chosen.to_dict(), "convention": dataclasses.asdict(convention_for(space.task, space.scale)),
         }
         write_json(run / "metrics.json", metrics)
@@ -220,6 +251,14 @@ def search(cfg: SearchConfig, out: str | Path, *, overwrite: bool = False, resum
     that differ from the run's are refused unless ``force``. Every input is checked before ``out`` is touched.
     """
     return fit(SearchJob(cfg), out, overwrite=overwrite, resume=resume, force=force, progress=progress)
+
+
+def latency_meta(table: LatencyTable, genotype: Genotype) -> dict[str, Any]:
+    """The derived network's predicted latency and where it holds, as genotype files and metrics carry it."""
+    env = table.env
+    where = (f"F={table.space.filters}, {env['size']}x{env['size']}, {env['device_name']} ({env['device']}), "
+             f"{env['precision']}, {env['threads']} thread(s), torch {env['torch']}")
+    return {"latency_ms": round(network_latency(table, genotype), 2), "latency_for": where}
 
 
 def _select(state: SearchProgress, space: SearchSpace) -> tuple[Genotype, int]:
