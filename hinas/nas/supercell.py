@@ -190,6 +190,9 @@ class StateEdges(nn.Module):
         self.channels = c = reference.channels
         self.targets = range(max(0, state - 1), space.nodes)
         self.edges = [space.edge_index(node, state) for node in self.targets]
+        # the same rows as an index on the module's device: indexing alpha with a Python list would copy it to the GPU
+        # (and wait for the copy) at every state of every cell of every step
+        self.register_buffer("edge_rows", torch.tensor(self.edges, dtype=torch.long), persistent=False)
         self.shared = nn.ModuleDict()
         self.identity: list[int] = []
         self.single = nn.ModuleDict()  # "slot_op" -> the reference cell's own module
@@ -251,7 +254,7 @@ class StackedCell(SearchCell):
         for t, edges in enumerate(self.states):
             if t >= 2:  # node t - 2 has all its terms once every earlier state has been expanded
                 states.append(nodes[t - 2])
-            for node, term in edges(states[t], weights[edges.edges]):
+            for node, term in edges(states[t], weights.index_select(0, edges.edge_rows)):
                 total = nodes[node]
                 nodes[node] = term if total is None else total + term
         states.append(nodes[-1])
