@@ -48,7 +48,8 @@ def record(root: Path) -> dict:
         from hinas.train import retrain
     torch.set_num_threads(1)
     found = search(resolve(SearchConfig, "smoke", overrides=["device=cpu"]), root / "search", progress=False)
-    retrain(resolve(TrainConfig, "smoke", overrides=["device=cpu", f"genotype={root / 'search'}"]), root / "retrain", progress=False)
+    retrain(resolve(TrainConfig, "smoke", overrides=["device=cpu", f"genotype={root / 'search'}"]), root / "retrain",
+            progress=False)
     out = {"hinas": str(Path(hinas.__file__).parent), "genotype": json.loads((root / "search" / "genotype.json").read_text()),
            "best_epoch": found.best_epoch}
     for run in ("search", "retrain"):

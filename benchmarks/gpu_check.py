@@ -165,7 +165,8 @@ def pipeline(amp: str) -> Callable[[Context], dict[str, Any]]:
             raise CheckFailed(f"restore wrote {restored}")
         search, retrain = read_json(runs / "search" / "metrics.json"), read_json(runs / "retrain" / "metrics.json")
         evaluated = read_json(runs / "evaluate" / "metrics.json")["results"][0]
-        start = next(e for e in map(json.loads, (runs / "search" / "log.jsonl").read_text().splitlines()) if e["event"] == "start")
+        start = next(e for e in map(json.loads, (runs / "search" / "log.jsonl").read_text().splitlines())
+                     if e["event"] == "start")
         if torch.device(search["device"]).type != ctx.device:
             raise CheckFailed(f"search ran on {search['device']}, not {ctx.device}")
         psnr = {"search_val": finite(search["val_psnr"], "search val_psnr"),

@@ -61,7 +61,8 @@ def main() -> None:
     started = time.time()
     table = load_or_measure(args.table, space, args.filters, args.size, log=print)
     nets: list[tuple[str, Genotype]] = [(f"random s{s}", random_genotype(space, s)) for s in range(args.random)]
-    nets += [(f"uniform {op} {list(path)}", Genotype(space, path, (tuple(((op, 0), (op, 1)) for _ in range(space.nodes)),) * space.layers))
+    nets += [(f"uniform {op} {list(path)}",
+              Genotype(space, path, (tuple(((op, 0), (op, 1)) for _ in range(space.nodes)),) * space.layers))
              for op, path in UNIFORM]
     nets += [(Path(f).stem, Genotype.load(f)) for f in args.genotype]
     torch.manual_seed(0)
@@ -87,7 +88,8 @@ def main() -> None:
         pred, meas = network_latency(table, g), min(ts)
         err = 100 * (pred / meas - 1)
         rows.append({"network": label, "path": list(g.path), "predicted_ms": round(pred, 2), "measured_ms": round(meas, 2),
-                     "error_pct": round(err, 2), "wall_ms": round(min(ws), 2), "measured_median_ms": round(statistics.median(ts), 2)})
+                     "error_pct": round(err, 2), "wall_ms": round(min(ws), 2),
+                     "measured_median_ms": round(statistics.median(ts), 2)})
         print(f"{label:<34} {pred:12.1f} {meas:12.1f} {err:+7.1f}% {min(ws):9.1f}")
     summary = {}
     for group, members in (("random", [r for r in rows if r["network"].startswith("random")]), ("all", rows)):

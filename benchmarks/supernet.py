@@ -121,7 +121,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 def in_child(spec: dict[str, Any]) -> dict[str, Any]:
     """``run_child(spec)`` in a fresh interpreter (so peak RSS covers this configuration only)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env,
+                          check=False)
     if done.returncode:
         raise RuntimeError(f"configuration {spec} failed:\n{done.stderr[-2000:]}")
     return json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))
@@ -248,7 +249,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU (default 2, the target machine's cores)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration after one warm-up (default 2)")
     parser.add_argument("--quick", action="store_true", help="1 timed step, fewer batch sizes, ablation at batch 2")
-    parser.add_argument("--profile", action="store_true", help="CPU only: add a per-op-type profile of one fused denoising step (batch 6)")
+    parser.add_argument("--profile", action="store_true",
+                        help="CPU only: add a per-op-type profile of one fused denoising step (batch 6)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

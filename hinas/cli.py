@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     show_cfg.add_argument("--config", metavar="FILE[:SECTION]", help="YAML file of settings")
     show_cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override one setting")
-    prof = _sub(sub, "profile", "The table is JSON, versioned with the device, CPU, precision, torch version and threads it holds for; "
-                "a search with latency_weight or latency_target_ms reads it (latency_table).")
+    prof = _sub(sub, "profile", "The table is JSON, versioned with the device, CPU, precision, torch version and threads "
+                "it holds for; a search with latency_weight or latency_target_ms reads it (latency_table).")
     prof.add_argument("--space", default="paper-denoise", help="search-space preset (default: %(default)s)")
     prof.add_argument("--size", type=int, default=256, help="input side in pixels (default: %(default)s)")
     prof.add_argument("--filters", type=int, default=20, help="filter multiplier of the deployed network (default: %(default)s)")

@@ -94,7 +94,8 @@ def from_dict(cls: type[T], data: Any, where: str | None = None) -> T:
     if unknown:
         close = [m for u in unknown for m in difflib.get_close_matches(str(u), names, n=1)]
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}{hint}; valid keys: {', '.join(sorted(names))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}{hint}; "
+                          f"valid keys: {', '.join(sorted(names))}")
     kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 

@@ -112,7 +112,8 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise OutputError(f"cannot write {path}: {err.strerror or err}; check that the folder is writable and has free space") from err
+            raise OutputError(f"cannot write {path}: {err.strerror or err}; "
+                              "check that the folder is writable and has free space") from err
         raise
 
 

@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["search", "--preset", "smoke"]
 
 SETTINGS = [
-    ("unknown-key", SMOKE + ["--set", "epochz=3"], "search: unknown key(s) 'epochz' (did you mean 'epochs'?); valid keys: amp, arch_lr"),
+    ("unknown-key", SMOKE + ["--set", "epochz=3"],
+     "search: unknown key(s) 'epochz' (did you mean 'epochs'?); valid keys: amp, arch_lr"),
     ("unknown-space-key", SMOKE + ["--set", "space.layer=3"], "space: unknown key(s) 'layer'"),
     ("wrong-type", SMOKE + ["--set", "epochs=three"], "search.epochs: expected an integer, got 'three'"),
     ("float-for-int", SMOKE + ["--set", "batch=2.5"], "search.batch: expected an integer, got 2.5"),
@@ -49,8 +50,10 @@ SETTINGS = [
     ("infinite", SMOKE + ["--set", "space.widths=[1, .inf]"], "space.widths[1]: expected a finite number, got inf"),
     ("bad-choice", SMOKE + ["--set", "amp=fp8"], "search.amp: 'fp8' is not valid; choose one of 'auto' | 'off'"),
     ("negative-sigma-search", SMOKE + ["--set", "sigmas=[30, -5]"], "search.sigmas: noise levels must be non-negative"),
-    ("negative-sigma-retrain", ["retrain", "--genotype", "g.json", "--set", "sigma=-1"], "train.sigma: must not be negative, got -1.0"),
-    ("negative-sigma-evaluate", ["evaluate", "--set", "sigmas=[-25]"], "eval.sigmas: noise levels must not be negative, got [-25.0]"),
+    ("negative-sigma-retrain", ["retrain", "--genotype", "g.json", "--set", "sigma=-1"],
+     "train.sigma: must not be negative, got -1.0"),
+    ("negative-sigma-evaluate", ["evaluate", "--set", "sigmas=[-25]"],
+     "eval.sigmas: noise levels must not be negative, got [-25.0]"),
     ("scale-5-space", SMOKE + ["--set", "space.task=sr", "--set", "space.in_channels=3", "--set", "space.scale=5"],
      "space.scale: 5 is not valid for sr; choose one of (2, 3, 4, 8)"),
     ("scale-5-retrain", ["retrain", "--genotype", "g.json", "--set", "scale=5"], "train.scale: 5 is not valid"),
@@ -60,7 +63,8 @@ SETTINGS = [
     ("denoise-scale", SMOKE + ["--set", "space.scale=2"], "space.scale: denoising keeps the image size, so scale must be 1"),
     ("zero-layers", SMOKE + ["--set", "space.layers=0"], "space.layers: must be at least 1, got 0"),
     ("zero-epochs", SMOKE + ["--set", "epochs=0"], "search.epochs: must be at least 1, got 0"),
-    ("widths-not-increasing", SMOKE + ["--set", "space.widths=[1, 2, 1.5]"], "space.widths: width factors must increase strictly"),
+    ("widths-not-increasing", SMOKE + ["--set", "space.widths=[1, 2, 1.5]"],
+     "space.widths: width factors must increase strictly"),
     ("widths-not-from-1", SMOKE + ["--set", "space.widths=[1.5, 2]"], "space.widths: the first width factor must be 1"),
     ("too-wide", SMOKE + ["--set", "space.filters=5000"], "space.filters: 5000 x width 2 exceeds 4096 channels per node"),
     ("unknown-op", SMOKE + ["--set", "space.ops=[conv_3x3, conv_9x9]"], "unknown operation 'conv_9x9'"),
@@ -68,10 +72,12 @@ SETTINGS = [
     ("channels-2", SMOKE + ["--set", "space.in_channels=2"], "space.in_channels: 2 is not valid; choose 1 (gray) or 3 (RGB)"),
     ("batch-larger-than-data", SMOKE + ["--set", "batch=50"], "search.batch: 50 is larger than the 5 patches an epoch draws"),
     ("val-images-too-many", SMOKE + ["--set", "val_images=11"], "val_images=11 must leave at least 2 of the 12 images"),
-    ("rollback-factor", SMOKE + ["--set", "rollback_lr_factor=1.5"], "search.rollback_lr_factor: must lie strictly between 0 and 1"),
+    ("rollback-factor", SMOKE + ["--set", "rollback_lr_factor=1.5"],
+     "search.rollback_lr_factor: must lie strictly between 0 and 1"),
     ("nonfinite-policy", SMOKE + ["--set", "on_nonfinite=ignore"], "search.on_nonfinite: 'ignore' is not valid"),
     ("negative-checkpoint-every", SMOKE + ["--set", "checkpoint_every=-1"], "search.checkpoint_every: must not be negative"),
-    ("tile-overlap", ["evaluate", "--set", "tile=16", "--set", "tile_overlap=16"], "eval.tile_overlap: 16 must be smaller than tile (16)"),
+    ("tile-overlap", ["evaluate", "--set", "tile=16", "--set", "tile_overlap=16"],
+     "eval.tile_overlap: 16 must be smaller than tile (16)"),
     ("bad-device", SMOKE + ["--set", "device=tpu"], "device: 'tpu' is not valid; use auto, cpu, cuda or cuda:N"),
     ("unknown-data", SMOKE + ["--set", "data=NoSuchSet"], "unknown data 'NoSuchSet': expected embedded"),
     ("empty-folder", SMOKE + ["--set", "data={empty}"], "no images under"),
@@ -82,8 +88,10 @@ SETTINGS = [
     ("config-not-mapping", ["search", "--config", "{list_yaml}"], "expected a mapping of settings"),
     ("config-unknown-preset", ["search", "--config", "{tiny_yaml}"], "unknown preset 'tiny'; choose one of paper-denoise"),
     ("config-missing-section", ["search", "--config", "{tiny_yaml}:nosuch"], "no section 'nosuch'"),
-    ("missing-genotype", ["retrain", "--preset", "smoke", "--genotype", "missing.json"], "missing.json: cannot read genotype file"),
-    ("baseline-wrong-task", ["evaluate", "--model", "bicubic", "--set", "task=denoise"], "baseline 'bicubic' does not apply to task 'denoise'"),
+    ("missing-genotype", ["retrain", "--preset", "smoke", "--genotype", "missing.json"],
+     "missing.json: cannot read genotype file"),
+    ("baseline-wrong-task", ["evaluate", "--model", "bicubic", "--set", "task=denoise"],
+     "baseline 'bicubic' does not apply to task 'denoise'"),
 ]
 
 
@@ -94,7 +102,8 @@ def files(tmp_path):
     (tmp_path / "list.yaml").write_text("[1, 2]\n")
     (tmp_path / "tiny.yaml").write_text("preset: tiny\nepochs: 2\n")
     genotype = uniform_genotype(resolve(SearchConfig, "smoke").space, "conv_3x3", (0, 1)).save(tmp_path / "genotype.json")
-    return {"empty": tmp_path / "empty", "list_yaml": tmp_path / "list.yaml", "tiny_yaml": tmp_path / "tiny.yaml", "genotype": genotype}
+    return {"empty": tmp_path / "empty", "list_yaml": tmp_path / "list.yaml", "tiny_yaml": tmp_path / "tiny.yaml",
+            "genotype": genotype}
 
 
 @pytest.mark.parametrize("argv, message", [c[1:] for c in SETTINGS], ids=[c[0] for c in SETTINGS])
@@ -133,7 +142,8 @@ BAD_IMAGES = {  # each adds its bad file(s) to a folder of good photos and retur
     "truncated-jpeg": (lambda d: _truncated(photos(d) / "bad.jpg"), "cannot read image"),
     "zero-byte": (lambda d: _write(photos(d) / "bad.png", b""), "cannot read image"),
     "not-an-image": (lambda d: _write(photos(d) / "bad.png", b"hello"), "cannot read image"),
-    "float-tiff": (lambda d: _save(photos(d) / "bad.tif", np.zeros((40, 40), np.float32)), "floating-point images (Pillow mode 'F')"),
+    "float-tiff": (lambda d: _save(photos(d) / "bad.tif", np.zeros((40, 40), np.float32)),
+                   "floating-point images (Pillow mode 'F')"),
     "smaller-than-patch": (lambda d: (photos(d, shape=(12, 40)), "ok")[1], "is 12x40, smaller than the 16x16 patch"),
     "too-small-to-measure": (lambda d: (photos(d, shape=(8, 40)), "ok")[1], "too small to measure: SSIM needs 11x11"),
 }
@@ -154,7 +164,8 @@ def test_an_image_that_breaks_mid_evaluation_leaves_no_run_behind(tmp_path, caps
     folder = photos(tmp_path / "set", 2)
     _truncated(folder / "zz.jpg")  # listed fine, fails when decoded after the first images were scored
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", "noisy", "--set", f"sets=[{folder}]", "--set", "save_images=true", "--out", str(out), "--quiet"]) == 2
+    assert main(["evaluate", "--model", "noisy", "--set", f"sets=[{folder}]", "--set", "save_images=true",
+                 "--out", str(out), "--quiet"]) == 2
     assert "zz.jpg" in capsys.readouterr().err
     assert not out.exists()
 
@@ -174,8 +185,10 @@ def genotype_text(edit) -> str:
 
 HOSTILE_GENOTYPES = [
     ("deep-nesting", "[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
-    ("nan-width", genotype_text(lambda d: d["space"].update(widths=[1, float("nan")])), "space.widths[1]: expected a finite number"),
-    ("overflowing-number", genotype_text(lambda d: d["space"].update(widths=[1, 2])).replace('"widths": [1, 2]', '"widths": [1, 1e999]'),
+    ("nan-width", genotype_text(lambda d: d["space"].update(widths=[1, float("nan")])),
+     "space.widths[1]: expected a finite number"),
+    ("overflowing-number",
+     genotype_text(lambda d: d["space"].update(widths=[1, 2])).replace('"widths": [1, 2]', '"widths": [1, 1e999]'),
      "space.widths[1]: expected a finite number, got inf"),
     ("huge-integer", genotype_text(lambda d: d["space"].update(filters=10**40)), "exceeds 4096 channels per node"),
     ("huge-layers", genotype_text(lambda d: d["space"].update(layers=10**9)), "path: expected 1000000000 levels"),
@@ -322,8 +335,10 @@ def test_the_table_names_only_tests_that_exist():
 
 # --- property-based: random settings, genotype JSON and checkpoint bytes ---------------------------------
 
-LEAVES = st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**400), max_value=10**400) | st.floats() | st.text(max_size=6)
-JSON = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=12)
+LEAVES = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**400), max_value=10**400) | st.floats()
+          | st.text(max_size=6))
+JSON = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=12)
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -191,13 +191,13 @@ def test_sr_patches_match_the_whole_image_downscale(scale):
         lr, hr = ds[i]
         assert lr.shape == (3, 8, 8) and hr.shape == (3, 8 * scale, 8 * scale)
         hits = [
-            (t, l)
+            (t, left)
             for t in range(0, hr_full.shape[1] - 8 * scale + 1, scale)
-            for l in range(0, hr_full.shape[2] - 8 * scale + 1, scale)
-            if torch.equal(hr_full[:, t : t + 8 * scale, l : l + 8 * scale], hr)
+            for left in range(0, hr_full.shape[2] - 8 * scale + 1, scale)
+            if torch.equal(hr_full[:, t : t + 8 * scale, left : left + 8 * scale], hr)
         ]
-        (t, l), = hits
-        expected = lr_full[:, t // scale : t // scale + 8, l // scale : l // scale + 8]
+        (t, left), = hits
+        expected = lr_full[:, t // scale : t // scale + 8, left // scale : left // scale + 8]
         assert torch.allclose(lr, expected, atol=1e-6)
 
 

@@ -70,7 +70,8 @@ def test_a_second_repro_has_nothing_to_do_and_git_sees_only_what_to_commit(pipel
     again = dvc(["repro"], work, env)
     assert again.returncode == 0 and "Running stage" not in again.stdout
     assert "Data and pipelines are up to date" in dvc(["status"], work, env).stdout
-    changed = {line[3:].split("/")[0] for line in git(["status", "--porcelain", "--untracked-files=normal"], work, env).splitlines()}
+    status = git(["status", "--porcelain", "--untracked-files=normal"], work, env)
+    changed = {line[3:].split("/")[0] for line in status.splitlines()}
     assert changed == {"dvc.lock", "metrics"}, changed  # runs/, data/raw/, dvc_plots/ are ignored
 
 
@@ -139,7 +140,8 @@ def test_the_seeds_recipe_keeps_each_experiments_metrics(pipeline):
     for rev in ("HEAD", sha):
         (work / "runs/seeds" / rev).mkdir(parents=True)
         for f in ("metrics", "genotype"):
-            (work / "runs/seeds" / rev / f"{f}.json").write_text(git(["show", f"{rev}:metrics/search_denoise/{f}.json"], work, env))
+            (work / "runs/seeds" / rev / f"{f}.json").write_text(
+                git(["show", f"{rev}:metrics/search_denoise/{f}.json"], work, env))
     agg = run(["hinas", "aggregate", "runs/seeds/HEAD", f"runs/seeds/{sha}"], work, env)
     assert agg.returncode == 0 and "2 runs" in agg.stdout and "| val_psnr |" in agg.stdout, agg.stdout + agg.stderr
     assert "Genotypes: " in agg.stdout

@@ -33,7 +33,8 @@ def test_number_of_legal_paths_matches_the_paper():
     assert len(list(legal_paths(SearchSpace(layers=2)))) == 5
 
 
-@pytest.mark.parametrize("layers, widths", [(1, (1, 2)), (2, (1, 1.5, 2)), (3, (1, 1.5, 2)), (5, (1, 1.5, 2)), (4, (1, 2, 3, 4)), (6, (1, 2))])
+@pytest.mark.parametrize("layers, widths", [(1, (1, 2)), (2, (1, 1.5, 2)), (3, (1, 1.5, 2)), (5, (1, 1.5, 2)), (4, (1, 2, 3, 4)),
+                                            (6, (1, 2))])
 def test_viterbi_equals_brute_force_over_all_legal_paths(layers, widths):
     space = SearchSpace(layers=layers, widths=widths)
     gen = torch.Generator().manual_seed(layers * 10 + len(widths))
@@ -146,5 +147,5 @@ def test_probabilities_of_the_chosen_path_are_maximal_in_log_space_too():
     beta = torch.full((60, 2, 3), -30.0)
     beta[:, :, 1] = -29.0  # 'same' is always slightly better
     probs = transition_probs(beta, space.move_mask())
-    assert math.prod(float(probs[l, 0, 1]) for l in range(60)) > 0
+    assert math.prod(float(probs[layer, 0, 1]) for layer in range(60)) > 0
     assert viterbi_path(space, probs) == (0,) * 60

@@ -324,7 +324,8 @@ def test_odd_names_folders_named_like_images_fifos_and_symlink_loops(tmp_path, m
     out = tmp_path / "sortie à côté"
     with deadline(), caplog.at_level(logging.WARNING):
         assert restore(models["gray"], inputs, out) == 0
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if p.is_file()) == ["café au lait ünï 1.png", "x.png/inside.png"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if p.is_file()) == ["café au lait ünï 1.png",
+                                                                                                  "x.png/inside.png"]
     assert "pipe.png: skipped: not a regular file" in caplog.text and "loop.png: skipped" in caplog.text
 
 
@@ -506,7 +507,8 @@ def test_a_file_size_limit_during_a_checkpoint_write_keeps_the_last_good_one(tmp
 @contextlib.contextmanager
 def held(folder: Path):
     """Another process holding hinas's lock on ``folder``, as a run or a restore does while it lasts."""
-    code = f"from hinas.files import lock_folder; lock_folder({str(folder)!r}); print('locked', flush=True); import time; time.sleep(120)"
+    code = (f"from hinas.files import lock_folder; lock_folder({str(folder)!r}); print('locked', flush=True); "
+            "import time; time.sleep(120)")
     other = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "locked"

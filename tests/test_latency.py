@@ -174,7 +174,10 @@ def test_the_latency_term_moves_the_search_off_a_slow_op(one_thread):
     plain, aware = _arch_steps(space, table, 0.0), _arch_steps(space, table, 1.0)
     lower = plain.alpha_probs()[..., slow] - aware.alpha_probs()[..., slow]
     assert (lower > 0.02).all() and lower.mean() > 0.1
-    uses = lambda net: net.genotype().op_counts()["dil_conv_5x5"]
+
+    def uses(net):
+        return net.genotype().op_counts()["dil_conv_5x5"]
+
     assert uses(plain) >= space.nodes * space.layers and uses(aware) == 0
     assert network_latency(table, aware.genotype()) < network_latency(table, plain.genotype()) / 5
 

@@ -16,8 +16,9 @@ def fake_history(space, epochs=4):
         with torch.no_grad():
             net.alpha.add_(torch.randn_like(net.alpha) * 0.1)
             net.beta.add_(torch.randn_like(net.beta) * 0.1)
-        out.append({"epoch": e, "weight_loss": 1 / e, "arch_loss": None if e < 2 else 1.2 / e, "val_psnr": 20 + e, "input_psnr": 20,
-                    "skip_ops": e % 3, "zero_edges": e % 2, "alpha": net.alpha_probs().tolist(), "beta": net.beta_probs().tolist()})
+        out.append({"epoch": e, "weight_loss": 1 / e, "arch_loss": None if e < 2 else 1.2 / e, "val_psnr": 20 + e,
+                    "input_psnr": 20, "skip_ops": e % 3, "zero_edges": e % 2, "alpha": net.alpha_probs().tolist(),
+                    "beta": net.beta_probs().tolist()})
     return out
 
 
@@ -38,7 +39,7 @@ def test_history_plots_draw_every_epoch_and_every_legal_move():
     fig = plots.plot_alpha_evolution(history, space)
     assert all(len(ax.get_lines()) == len(space.ops) for ax in fig.axes)
     fig = plots.plot_beta_evolution(history, space)
-    assert [len(ax.get_lines()) for ax in fig.axes] == [len(space.legal_moves(l)) for l in range(space.layers)]
+    assert [len(ax.get_lines()) for ax in fig.axes] == [len(space.legal_moves(layer)) for layer in range(space.layers)]
     fig = plots.plot_collapse(history)
     assert len(fig.axes[0].patches) == 2 * len(history)
 

@@ -26,7 +26,8 @@ def trained(tmp_path_factory):
     space = resolve(SearchConfig, "smoke").space
     cell = ((("sep_conv_3x3", 0), ("identity", 1)), (("dil_conv_5x5", 2), ("conv_3x3", 1)))
     Genotype(space, (0, 1), (cell, cell)).save(root / "genotype.json")
-    assert main(["retrain", "--preset", "smoke", "--genotype", str(root / "genotype.json"), "--out", str(root / "retrain"), "--quiet"]) == 0
+    assert main(["retrain", "--preset", "smoke", "--genotype", str(root / "genotype.json"), "--out", str(root / "retrain"),
+                 "--quiet"]) == 0
     noisy = root / "noisy"
     (noisy / "sub").mkdir(parents=True)
     for name, img in [("camera", skimage.data.camera()[100:180, 120:220]), ("sub/moon", skimage.data.moon()[200:270, 150:245])]:

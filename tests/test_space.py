@@ -25,7 +25,7 @@ def test_cell_edge_counts_follow_the_dag():
 
 def test_trellis_levels_start_narrow():
     sp = SearchSpace(layers=4)
-    assert [list(sp.layer_levels(l)) for l in range(5)] == [[0], [0, 1], [0, 1, 2], [0, 1, 2], [0, 1, 2]]
+    assert [list(sp.layer_levels(layer)) for layer in range(5)] == [[0], [0, 1], [0, 1, 2], [0, 1, 2], [0, 1, 2]]
     assert sp.legal_moves(0) == [(0, 1), (0, 2)]  # the stem moves to level 0 or 1
     assert sp.legal_moves(2) == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]
     assert int(sp.move_mask().sum()) == 2 + 5 + 7 + 7

@@ -19,7 +19,8 @@ def runs(tmp_path_factory):
     """One smoke search, retrain and evaluation through the CLI, shared by the checks below."""
     root = tmp_path_factory.mktemp("runs")
     assert main(["search", "--preset", "smoke", "--out", str(root / "search"), "--quiet"]) == 0
-    assert main(["retrain", "--preset", "smoke", "--genotype", str(root / "search"), "--out", str(root / "retrain"), "--quiet"]) == 0
+    assert main(["retrain", "--preset", "smoke", "--genotype", str(root / "search"), "--out", str(root / "retrain"),
+                 "--quiet"]) == 0
     assert main(["evaluate", "--preset", "smoke", "--model", str(root / "retrain"), "--set", "save_images=true",
                  "--out", str(root / "eval"), "--quiet"]) == 0
     return root
@@ -89,7 +90,8 @@ def test_a_finished_run_is_not_overwritten_unless_asked(runs, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["search", "--preset", "smoke", "--set", "epochz=3"], "unknown key(s) 'epochz' (did you mean 'epochs'?); valid keys: amp, arch_lr"),
+        (["search", "--preset", "smoke", "--set", "epochz=3"],
+         "unknown key(s) 'epochz' (did you mean 'epochs'?); valid keys: amp, arch_lr"),
         (["search", "--preset", "smoke", "--set", "space.layers=0"], "space.layers: must be at least 1"),
         (["search", "--preset", "smoke", "--set", "batch=50"], "search.batch: 50 is larger than"),
         (["search", "--preset", "smoke", "--set", "data=NoSuchSet"], "NoSuchSet"),

@@ -133,13 +133,17 @@ def resume_state(run: Path, kind: str, cfg: Any, *, force: bool = False) -> dict
     if diffs and not force:
         raise CheckpointError(f"{run} was started with other settings or code; differing keys (run -> now):\n  "
                               + "\n  ".join(diffs)
-                              + f"\nresume with the run's own settings (--resume {run} alone reads its config.yaml), or pass --force")
+                              + f"\nresume with the run's own settings (--resume {run} alone reads its config.yaml), "
+                                "or pass --force")
     return saved
 
 
 def load_state(cls: type[P], saved: dict[str, Any], model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
                   grad_scaler: torch.amp.GradScaler, source: Path) -> P:
-    """Load weights, optimisers, AMP grad scaler and generators from ``saved`` (read from ``source``); return the loop's progress."""
+    """Load weights, optimisers, AMP grad scaler and generators from ``saved`` (read from ``source``).
+
+    Returns the loop's progress.
+    """
     try:
         model.load_state_dict(saved["model"])
         for name, opt in optimizers.items():

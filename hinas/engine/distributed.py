@@ -245,7 +245,8 @@ class _SumOverRanks(torch.autograd.Function):
         return grad
 
 
-def global_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+def global_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor | None,
+                      bias: torch.Tensor | None) -> torch.Tensor:
     """Training-mode batch normalisation of ``x`` with statistics over the global batch of every rank.
 
     Updates ``bn``'s running buffers as BatchNorm2d would; ``weight``/``bias`` (per channel, or None)

@@ -8,8 +8,9 @@ hinas scores its own.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,8 @@ def baseline(name: str, task: str, scale: int = 1) -> nn.Module:
     raise ConfigError(f"baseline {name!r} does not apply to task {task!r}; use 'noisy' for denoise, 'bicubic' for sr")
 
 
-def degrade(name: str, clean: torch.Tensor, task: str, sigma: float | None, scale: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def degrade(name: str, clean: torch.Tensor, task: str, sigma: float | None,
+            scale: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(degraded input, target) for one test image, identical on every run and machine."""
     if task == "denoise":
         if sigma is None:

@@ -71,7 +71,8 @@ def restore_folder(model: str | Path, inputs: str | Path, outputs: str | Path, *
     runner = InferenceModel(net, backend) if backend != "training" and isinstance(net, Network) else net
     lock = _open_output(outputs)
     try:
-        for path, target, depth in tqdm(zip(images.paths, targets, bits), total=len(targets), desc="restore", disable=not progress):
+        for path, target, depth in tqdm(zip(images.paths, targets, bits), total=len(targets), desc="restore",
+                                        disable=not progress):
             image = decode(path).image
             try:
                 restored = tiled_forward(runner, image.unsqueeze(0).to(dev), net.scale, tile, overlap)[0]
@@ -145,5 +146,6 @@ def _open_output(outputs: Path) -> int:
             pass
     except OSError as err:
         os.close(lock)
-        raise OutputError(f"cannot write into the output folder {outputs}: {err.strerror or err}; choose a writable folder") from None
+        raise OutputError(f"cannot write into the output folder {outputs}: {err.strerror or err}; "
+                          "choose a writable folder") from None
     return lock

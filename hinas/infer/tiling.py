@@ -65,9 +65,11 @@ def checked(y: object, x: torch.Tensor, scale: int) -> torch.Tensor:
     if tuple(y.shape) != want:
         raise ModelError(f"the model returned shape {tuple(y.shape)} for an input of shape {tuple(x.shape)}; expected {want}")
     if y.dtype != x.dtype and y.dtype not in (torch.float16, torch.bfloat16):
-        raise ModelError(f"the model returned {y.dtype}; expected {x.dtype} like its input (or float16/bfloat16 under mixed precision)")
+        raise ModelError(f"the model returned {y.dtype}; expected {x.dtype} like its input "
+                         "(or float16/bfloat16 under mixed precision)")
     if not torch.isfinite(y).all():
-        raise ModelError("the model returned NaN or infinite values; the network is broken (diverged training or damaged weights)")
+        raise ModelError("the model returned NaN or infinite values; "
+                         "the network is broken (diverged training or damaged weights)")
     return y
 
 

@@ -16,7 +16,8 @@ from hinas.jobs.retrain import retrain
 from hinas.jobs.search import search
 
 
-def main_job(out: str | Path = "runs/demo", preset: str = "cpu-demo", *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def main_job(out: str | Path = "runs/demo", preset: str = "cpu-demo", *, overwrite: bool = False,
+             progress: bool = True) -> dict[str, Any]:
     """Run the whole method end to end into ``out``/{search,retrain,evaluate}; returns the headline figures and paths.
 
     The evaluation adds Set12 when ``HINAS_DATA_ROOT`` holds it.

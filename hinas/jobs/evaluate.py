@@ -21,7 +21,7 @@ from hinas.infer.backends import InferenceModel
 from hinas.nas.network import Network, load_model
 
 
-def load_for_eval(cfg: "EvalConfig", device: torch.device | None = None) -> tuple[nn.Module, str, list[int], int | None]:
+def load_for_eval(cfg: EvalConfig, device: torch.device | None = None) -> tuple[nn.Module, str, list[int], int | None]:
     """(model on ``device``, task, scales to run, input channels) for a baseline name or a trained run/checkpoint.
 
     A trained network comes in the form ``cfg.backend`` names (its fast inference form unless ``training``).
@@ -38,7 +38,7 @@ def load_for_eval(cfg: "EvalConfig", device: torch.device | None = None) -> tupl
     return model, task, [scale], channels
 
 
-def evaluate_run(cfg: "EvalConfig", out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def evaluate_run(cfg: EvalConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Evaluate ``cfg.model`` on every set and noise level (or scale); writes metrics.json and per_image.csv to ``out``."""
     check_run_dir(Path(out), overwrite=overwrite)
     set_threads(cfg.threads)

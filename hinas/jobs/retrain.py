@@ -128,7 +128,8 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
             return False
         val = self.ctx.evaluate(self.model, self.val_imgs, **self.val_kw)
         losses = self.ctx.average(state.losses)
-        record = {"iteration": it, "train_loss": sum(losses) / len(losses), "lr": self.optimizers["weights"].param_groups[0]["lr"],
+        record = {"iteration": it, "train_loss": sum(losses) / len(losses),
+                  "lr": self.optimizers["weights"].param_groups[0]["lr"],
                   "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
                   "score": score(val["psnr"], val["ssim"]), "seconds": self.ckpt.seconds()}
         state.losses = []

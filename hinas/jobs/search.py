@@ -59,7 +59,8 @@ def collapse_indicators(model: Supernet, genotype: Genotype) -> dict[str, int]:
     }
 
 
-def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs, ctx: distributed.Context) -> tuple[DataLoader, DataLoader, distributed.RankBatches]:
+def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs,
+             ctx: distributed.Context) -> tuple[DataLoader, DataLoader, distributed.RankBatches]:
     """The weight and arch loaders (this rank's share of each batch), sharing one sampler so both resume at the same index."""
     space = cfg.space
     length = max(len(weight_imgs), len(arch_imgs)) * cfg.patches_per_image
@@ -72,7 +73,8 @@ def _loaders(cfg: SearchConfig, weight_imgs, arch_imgs, ctx: distributed.Context
     sampler = ctx.batches(length, cfg.batch)
     loaders = []
     for i, imgs in enumerate((weight_imgs, arch_imgs)):
-        ds = PatchDataset(imgs, cfg.patch, task=space.task, scale=space.scale, sigma=cfg.sigmas, length=length, seed=cfg.seed * 2 + i)
+        ds = PatchDataset(imgs, cfg.patch, task=space.task, scale=space.scale, sigma=cfg.sigmas, length=length,
+                          seed=cfg.seed * 2 + i)
         loaders.append(DataLoader(ds, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
                                   generator=loader_generator(cfg.seed)))
     return loaders[0], loaders[1], sampler
@@ -205,7 +207,8 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
         }
         if self.latency is not None:
             with torch.no_grad():
-                record["expected_latency_ms"] = float(expected_latency(self.latency, space, model.alpha_probs(), model.beta_probs()))
+                record["expected_latency_ms"] = float(
+                    expected_latency(self.latency, space, model.alpha_probs(), model.beta_probs()))
             record["latency_ms"] = network_latency(self.latency, genotype)
         state.history.append(record)
         limit = cfg.collapse_skip_limit

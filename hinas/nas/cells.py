@@ -3,8 +3,9 @@
 A search cell maps (s0, s1, alpha weights (edges, ops)) to its B nodes
 concatenated. Two implementations compute the same mathematics: the reference
 cell below, one module per (edge, op), written to be obviously right; and the
-stacked cell (:mod:`hinas.nas.supercell`), the fast default. States are ordered as :mod:`hinas.nas.space` explains. Both expose their state in the
-reference layout, which is how tests and tools move weights between them.
+stacked cell (:mod:`hinas.nas.supercell`), the fast default. States are ordered
+as :mod:`hinas.nas.space` explains. Both expose their state in the reference
+layout, which is how tests and tools move weights between them.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ class Genotype:
         return path
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Genotype":
+    def from_dict(cls, data: Any) -> Genotype:
         if not isinstance(data, dict):
             raise GenotypeError(f"a genotype must be a JSON object, got {type(data).__name__}")
         allowed = {"schema", "schema_version", "space", "path", "cells", "meta"}
@@ -106,7 +106,7 @@ class Genotype:
         return cls(space, tuple(path), cells, meta)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "genotype") -> "Genotype":
+    def from_json(cls, text: str, source: str = "genotype") -> Genotype:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -119,7 +119,7 @@ class Genotype:
             raise GenotypeError(f"{source}: {err}") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "Genotype":
+    def load(cls, path: str | Path) -> Genotype:
         path = Path(path)
         data = read_regular(path, "genotype file", GenotypeError, MAX_BYTES)
         try:
@@ -250,7 +250,8 @@ def viterbi_path(space: SearchSpace, beta_probs: torch.Tensor) -> tuple[int, ...
     return tuple(reversed(path))
 
 
-def derive(space: SearchSpace, alpha_probs: torch.Tensor, beta_probs: torch.Tensor, meta: dict[str, Any] | None = None) -> Genotype:
+def derive(space: SearchSpace, alpha_probs: torch.Tensor, beta_probs: torch.Tensor,
+           meta: dict[str, Any] | None = None) -> Genotype:
     """Genotype from softmaxed architecture weights.
 
     ``alpha_probs`` has shape (layers or 1, levels or 1, edges, ops) according to
@@ -261,7 +262,7 @@ def derive(space: SearchSpace, alpha_probs: torch.Tensor, beta_probs: torch.Tens
         raise GenotypeError("alphas or betas are NaN or infinite: no genotype is derived from a diverged search")
     path = viterbi_path(space, beta_probs)
     la, ka = alpha_probs.shape[:2]
-    cells = tuple(derive_cell(space, alpha_probs[l if la > 1 else 0, k if ka > 1 else 0]) for l, k in enumerate(path))
+    cells = tuple(derive_cell(space, alpha_probs[layer if la > 1 else 0, k if ka > 1 else 0]) for layer, k in enumerate(path))
     return Genotype(space, path, cells, dict(meta or {}))
 
 

@@ -185,7 +185,8 @@ def cell_latency(table: LatencyTable, weights: torch.Tensor, level: int) -> torc
     return total
 
 
-def expected_latency(table: LatencyTable, space: SearchSpace, alpha_probs: torch.Tensor, beta_probs: torch.Tensor) -> torch.Tensor:
+def expected_latency(table: LatencyTable, space: SearchSpace, alpha_probs: torch.Tensor,
+                     beta_probs: torch.Tensor) -> torch.Tensor:
     """Expected predicted milliseconds of the derived network, differentiable in alphas and betas.
 
     ``alpha_probs`` (layers or 1, levels or 1, edges, ops) and ``beta_probs`` (layers, levels, moves) are the
@@ -209,7 +210,8 @@ def expected_latency(table: LatencyTable, space: SearchSpace, alpha_probs: torch
     la, ka = alpha_probs.shape[:2]
     total = alpha_probs.new_tensor(table.fixed["stem"] + table.fixed["glue"])
     for i, p in enumerate(levels):
-        cells = torch.stack([cell_latency(table, alpha_probs[i if la > 1 else 0, k if ka > 1 else 0], k) for k in range(k_levels)])
+        cells = torch.stack([cell_latency(table, alpha_probs[i if la > 1 else 0, k if ka > 1 else 0], k)
+                             for k in range(k_levels)])
         total = total + p @ cells
         # s0 reads the previous layer's output, s1 the one before: joint laws of (that layer's level, this one's)
         total = total + (p @ cost_stem if i == 0 else (levels[i - 1][:, None] * mats[i] * cost_from).sum())

@@ -64,7 +64,8 @@ class Network(nn.Module):
         b = space.nodes
         self.stem = Stem(space.in_channels)
         # Always built (the authors' nets count its weights); feeds the decoder only without a better endpoint.
-        self.reduce = nn.Sequential(nn.Conv2d(STEM_CHANNELS, f * b, 3, padding=1, bias=False), nn.BatchNorm2d(f * b, affine=False))
+        self.reduce = nn.Sequential(nn.Conv2d(STEM_CHANNELS, f * b, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(f * b, affine=False))
         widths = [STEM_CHANNELS, STEM_CHANNELS]  # output widths of h1, h0 so far
         self.layers = nn.ModuleList()
         for cell, level in zip(genotype.cells, genotype.path):
@@ -102,7 +103,7 @@ class Network(nn.Module):
         return self.decoder(x, [h0], endpoint)
 
 
-def save_model(model: "Network | DnCNN", path: str | Path, **extra: Any) -> Path:
+def save_model(model: Network | DnCNN, path: str | Path, **extra: Any) -> Path:
     """A self-describing checkpoint (genotype + width + weights, or DnCNN's shape + weights) that loads without executing code."""
     from hinas.files import atomic_torch_save
 
@@ -117,7 +118,7 @@ def save_model(model: "Network | DnCNN", path: str | Path, **extra: Any) -> Path
     return path
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> "Network | DnCNN":
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Network | DnCNN:
     """Rebuild a saved network (or DnCNN baseline); ``torch.load(weights_only=True)`` refuses pickled code."""
     from hinas.files import torch_load_untrusted
 

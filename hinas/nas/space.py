@@ -76,7 +76,8 @@ class SearchSpace:
         if any(b <= a for a, b in zip(self.widths, self.widths[1:])):
             raise ConfigError(f"space.widths: width factors must increase strictly, got {list(self.widths)}")
         if self.filters > MAX_CHANNELS or self.filters * self.widths[-1] > MAX_CHANNELS:
-            raise ConfigError(f"space.filters: {self.filters} x width {self.widths[-1]:g} exceeds {MAX_CHANNELS} channels per node")
+            raise ConfigError(f"space.filters: {self.filters} x width {self.widths[-1]:g} "
+                              f"exceeds {MAX_CHANNELS} channels per node")
         if any(int(self.filters * w) < 1 for w in self.widths):
             raise ConfigError("space.filters: every width level needs at least one channel")
         if len(set(self.ops)) != len(self.ops):
@@ -131,10 +132,10 @@ class SearchSpace:
         return config.to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "SearchSpace":
+    def from_dict(cls, data: Any) -> SearchSpace:
         return config.from_dict(cls, data, "space")
 
-    def replace(self, **changes: Any) -> "SearchSpace":
+    def replace(self, **changes: Any) -> SearchSpace:
         return replace(self, **changes)
 
 

@@ -95,7 +95,9 @@ class ScaledBatchNorm(nn.BatchNorm2d):
         return _NormLeaky.apply(x, self.running_mean, self.running_var, self.momentum, self.eps)
 
     def edge_links(self, name: str, ref: str, rows: slice) -> Links:
-        pick: View = lambda t: t[rows]
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[rows]
+
         return {
             f"{name}.running_mean": (f"{ref}.running_mean", pick),
             f"{name}.running_var": (f"{ref}.running_var", pick),
@@ -161,7 +163,8 @@ class StackedSep(nn.Module):
         """The E edges' terms stacked edge-major, given their mixing weights for this op."""
         e = len(self.pw1)
         x = _recomputed(_depthwise_pointwise, a, self.dw1, torch.block_diag(*self.pw1)[..., None, None], self.padding, e)
-        x = _recomputed(_depthwise_pointwise, self.bn1.leaky(x), self.dw2, torch.block_diag(*self.pw2)[..., None, None], self.padding)
+        x = _recomputed(_depthwise_pointwise, self.bn1.leaky(x), self.dw2, torch.block_diag(*self.pw2)[..., None, None],
+                        self.padding)
         return self.bn2(x, weights.repeat_interleave(a.shape[1]))
 
     def edge_links(self, slot: int) -> Links:

@@ -71,14 +71,16 @@ class Supernet(nn.Module):
         make_cell = CELLS[impl]
         b, f, k_levels = space.nodes, space.filters, space.levels
         self.stem = Stem(space.in_channels)
-        self.reduce = nn.Sequential(nn.Conv2d(STEM_CHANNELS, f * b, 3, padding=1, bias=False), nn.BatchNorm2d(f * b, affine=False))
+        self.reduce = nn.Sequential(nn.Conv2d(STEM_CHANNELS, f * b, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(f * b, affine=False))
 
         self.routers = nn.ModuleList()
         self.scalers = nn.ModuleList()
         self.cells = nn.ModuleList()
         for layer in range(space.layers):  # sources at `layer`, cells at `layer + 1`
             moves = space.legal_moves(layer)
-            self.routers.append(nn.ModuleDict({f"{j}_{m}": router(self._out_width(layer, j), space.channels(j + MOVES[m])) for j, m in moves}))
+            self.routers.append(nn.ModuleDict({f"{j}_{m}": router(self._out_width(layer, j), space.channels(j + MOVES[m]))
+                                               for j, m in moves}))
             top = space.layer_levels(layer)[-1]
             levels = space.layer_levels(layer + 1)
             s1_width = {k: STEM_CHANNELS if layer == 0 else space.channels(min(k, top)) for k in levels}
@@ -86,7 +88,8 @@ class Supernet(nn.Module):
             self.cells.append(nn.ModuleDict({str(k): make_cell(space, space.channels(k)) for k in levels}))
         self.register_buffer("beta_mask", space.move_mask(), persistent=False)
         final = space.layer_levels(space.layers)
-        self.decoder = Decoder([self._out_width(space.layers, k) for k in final], f * b, space.in_channels, space.task, space.scale)
+        self.decoder = Decoder([self._out_width(space.layers, k) for k in final], f * b, space.in_channels, space.task,
+                               space.scale)
 
         alpha_shape = {
             "lwas": (space.layers, 1),

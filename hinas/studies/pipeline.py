@@ -137,7 +137,8 @@ def _gather(name: str, cfg: DataConfig, root: Path, local: Path | None, failed: 
         tried.append(f"downloading failed: {failed[source.name]}")
     where = " and ".join(f"{root / f}/" for f in NAMED_SETS[name].folders)
     get = f"download {source.url}" if source else "hinas knows no download for it"
-    raise DataError("; ".join(tried) + f". To get it: {get}, and place its images in {where} or in a local copy ({DATA_ROOT_ENV})")
+    raise DataError("; ".join(tried) + f". To get it: {get}, and place its images in {where} "
+                    f"or in a local copy ({DATA_ROOT_ENV})")
 
 
 def _incomplete(name: str, base: Path) -> str | None:

@@ -16,11 +16,12 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -204,7 +205,8 @@ def run_job(runs: str, job: Job, profile: Profile) -> str:
         cfg = replace(job.cfg, model=str(Path(runs) / job.cfg.model))
         if not (d / "metrics.json").is_file():
             evaluate_run(cfg, d, overwrite=d.is_dir(), progress=False)
-        write_json(d / "complexity.json", complexity_and_latency(Path(cfg.model) / "best.pt", profile.latency_size, profile.latency_repeats))
+        write_json(d / "complexity.json",
+                   complexity_and_latency(Path(cfg.model) / "best.pt", profile.latency_size, profile.latency_repeats))
     return job.out
 
 
@@ -472,7 +474,7 @@ def budget(profile: Profile) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m hinas.studies.results --profile cpu --runs results/runs [--workers 2] [--stop-at 23:05]``: build the runs."""
     import argparse
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     parser = argparse.ArgumentParser(prog="python -m hinas.studies.results", description=main.__doc__)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
@@ -483,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     deadline = None
     if args.stop_at:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         hour, minute = map(int, args.stop_at.split(":"))
         deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
     left = run_grid(args.runs, PROFILES[args.profile], data_root=args.data_root, workers=args.workers, deadline=deadline,

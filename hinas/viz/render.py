@@ -125,7 +125,8 @@ def describe(genotype: Genotype, filters: int | None = None) -> str:
     lines.append(f"F={net.filters}: {count_params(net) / 1e6:.3f} M parameters, "
                  f"{count_flops(net, (1, space.in_channels, size, size)) / 1e9:.2f} GFLOP for a {size}x{size} input")
     if "latency_ms" in genotype.meta:
-        lines.append(f"predicted latency: {genotype.meta['latency_ms']} ms ({genotype.meta.get('latency_for', 'unknown setting')})")
+        lines.append(f"predicted latency: {genotype.meta['latency_ms']} ms "
+                     f"({genotype.meta.get('latency_for', 'unknown setting')})")
     return "\n".join(lines)
 
 
