@@ -77,7 +77,7 @@ SETTINGS = [
     ("nonfinite-policy", SMOKE + ["--set", "on_nonfinite=ignore"], "search.on_nonfinite: 'ignore' is not valid"),
     ("negative-checkpoint-every", SMOKE + ["--set", "checkpoint_every=-1"], "search.checkpoint_every: must not be negative"),
     ("tile-overlap", ["evaluate", "--set", "tile=16", "--set", "tile_overlap=16"],
-     "eval.tile_overlap: 16 must be smaller than tile (16)"),
+     "eval.tile_overlap (16) must be smaller than tile (16)"),
     ("bad-device", SMOKE + ["--set", "device=tpu"], "device: 'tpu' is not valid; use auto, cpu, cuda or cuda:N"),
     ("unknown-data", SMOKE + ["--set", "data=NoSuchSet"], "unknown data 'NoSuchSet': expected embedded"),
     ("empty-folder", SMOKE + ["--set", "data={empty}"], "no images under"),
