@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 import torch
 from conftest import uniform_genotype
-from hinas.data.images.degrade import seeded_noisy, sr_pair
+from hinas.data.degrade import seeded_noisy, sr_pair
 from torch import nn
 
 from hinas.errors import ConfigError
