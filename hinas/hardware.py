@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -61,3 +62,15 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU computes bf16 natively (AMX or AVX-512 bf16), so bf16 kernels can beat float32; detected at run time.
+
+    Elsewhere bf16 is emulated and slower than float32. ``HINAS_NO_BF16=1`` reports False, to run (and test)
+    the float32 path on a CPU that has it.
+    """
+    if os.environ.get("HINAS_NO_BF16", "") not in ("", "0"):
+        return False
+    capabilities = torch.cpu.get_capabilities()  # the CPUID flags torch reads (x86; other CPUs report none of these)
+    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
