@@ -279,9 +279,9 @@ class FastNetwork(nn.Module):
         self.cells = nn.ModuleList(FastCell(layer.cell, layer.scale0[1].out_channels, separable) for layer in net.layers)
         self.decoder = FastDecoder(net.decoder)
         if dtype != torch.float32:  # weights folded in float64, rounded once to float32, then to ``dtype``
-            # channels_last weights too: oneDNN writes channels_last where the input or the weight is, and a one-channel
-            # input (the image) is both layouts at once
+            # channels_last weights too: oneDNN writes channels_last where the input or the weight is
             self.to(dtype, memory_format=torch.channels_last)
+            self.stem1.float()  # reads the float32 image
         for cell, scalers in zip(self.cells, zip(self.scale0, self.scale1)):
             for scaler in scalers:
                 scaler.memory_format = cell.input_layout
@@ -291,6 +291,8 @@ class FastNetwork(nn.Module):
         # Every feature is read through an activation except by the endpoint projection, which runs first:
         # so activations are computed in place, and the stem's two in a row are one (slope squared).
         a1 = self.stem1(x)
+        if a1.dtype != self.dtype:  # the image is read in float32 (bf16 would round it by up to 2**-9)
+            a1 = a1.to(self.dtype, memory_format=torch.channels_last)
         h0 = self.stem2(a1)
         endpoint = self.proj(h0) if self.endpoint_layer is None else None
         a0 = F.leaky_relu_(h0, NEGATIVE_SLOPE)
@@ -303,13 +305,12 @@ class FastNetwork(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """What the residual is computed in; the residual step (and the SR upscale) is in the input's precision."""
-        return self.stem1.weight.dtype
+        """What the features are computed in; the image, the first convolution, the residual step and the SR upscale
+        are float32."""
+        return self.stem2.weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(self.dtype)
-        if self.channels_last and not cpu_kernels(h):
-            h = h.contiguous(memory_format=torch.channels_last)
+        h = x.contiguous(memory_format=torch.channels_last) if self.channels_last and not cpu_kernels(x) else x
         return reconstruct(x, self.residual(h).to(x.dtype), self.task, self.scale)
 
 

@@ -326,7 +326,11 @@ def _narrow_transposed(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def shifted_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int, padding: int) -> torch.Tensor:
-    """A convolution with few outputs: one 1x1 product to a plane per (tap, output), then the planes added, shifted."""
+    """A convolution with few outputs: one 1x1 product to a plane per (tap, output), then the planes added, shifted.
+
+    The planes are summed in float32 and rounded to the input's dtype once: in bf16, rounding each partial sum
+    would add nine roundings of sums that can be far larger than the result.
+    """
     o, c, k, _ = weight.shape
     n, _, h, w = x.shape
     taps = weight.permute(2, 3, 0, 1).reshape(k * k * o, c)
@@ -334,7 +338,7 @@ def shifted_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dila
         planes = torch.ops.aten.mkldnn_convolution(x, taps[:, :, None, None].contiguous(), None, [0, 0], [1, 1], [1, 1], 1).contiguous()
     else:
         planes = pointwise(x, taps, None, torch.contiguous_format)
-    y = bias.view(1, o, 1, 1).expand(n, o, h, w).contiguous()
+    y = bias.float().view(1, o, 1, 1).expand(n, o, h, w).contiguous()
     for i in range(k):
         for j in range(k):
             dy, dx = i * dilation - padding, j * dilation - padding
@@ -342,7 +346,7 @@ def shifted_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dila
                 tap = planes[:, (i * k + j) * o : (i * k + j + 1) * o]
                 y[..., max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)] += \
                     tap[..., max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)]
-    return y
+    return y.to(x.dtype)
 
 
 def _matrix(feature: torch.Tensor, writable: bool = False) -> tuple[torch.Tensor, bool]:
