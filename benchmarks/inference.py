@@ -35,8 +35,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -331,9 +332,9 @@ def print_sizes(rows: list[dict[str, Any]]) -> None:
               f"{r['latency_s']:.3f} | {r['gflops_per_s']:.0f} | {r['peak_mb']:.0f} |")
 
 
-def dense_peak(device: torch.device, n: int = 4096, repeats: int = 3) -> float:
-    """GFLOP/s of the BLAS on an n x n x n float32 product: the dense arithmetic rate this machine can reach."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def dense_peak(device: torch.device, n: int = 4096, repeats: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of the BLAS on an n x n x n product in ``dtype``: the dense arithmetic rate this machine can reach."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
     return 2 * n**3 / min(timed(lambda: torch.mm(a, b), device) for _ in range(repeats)) / 1e9
 
@@ -368,9 +369,13 @@ def main() -> None:
     parser.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator as it is (see keep_freed_memory)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="leave out the torch.compile rows (each compiles for a minute or so on two cores)")
+    parser.add_argument("--threads", type=int, help="torch threads (on a shared machine 1 avoids OpenMP waiting at every "
+                        "kernel for a thread another process holds, which penalises networks of many small kernels)")
     parser.add_argument("--quick", action="store_true", help="the best-form rows and the targets only (see above)")
     parser.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/inference_<device>.json)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     allocator = "glibc default" if args.system_malloc else ("glibc, freed memory kept" if keep_freed_memory() else "default")
@@ -390,9 +395,10 @@ def main() -> None:
     else:
         result["table"] = speed_table(device, args.repeats, 1, args.compile, args.quick)
         print_table(result["table"], "512x512 gray, batch 1 (CPU)")
-        peak = dense_peak(device)
-        print(f"\ndense peak of this machine (4096^3 float32 matrix product): {peak:.0f} GFLOP/s")
-        result["targets"] = targets(result["table"], peak)
+        dtype = torch.bfloat16 if cpu_has_bf16() else torch.float32
+        peak = dense_peak(device, dtype=dtype)
+        print(f"\ndense peak of this machine (4096^3 {dtype} matrix product): {peak:.0f} GFLOP/s")
+        result["targets"] = {"dense_peak_dtype": str(dtype), **targets(result["table"], peak)}
         print("\ntargets:", json.dumps(result["targets"], indent=1))
         if not args.quick:
             result["parts"] = by_part(args.repeats)

@@ -7,9 +7,9 @@ import pytest
 import skimage.data
 import torch
 from conftest import uniform_genotype
-from hinas.data.degrade import seeded_noisy, sr_pair
 from torch import nn
 
+from hinas.data.degrade import seeded_noisy, sr_pair
 from hinas.errors import ConfigError
 from hinas.infer.backends import InferenceModel
 from hinas.infer.fast import FastCell, FastNetwork

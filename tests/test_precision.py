@@ -19,7 +19,7 @@ from hinas.infer.backends import InferenceModel, faster
 from hinas.infer.fast import FastNetwork
 from hinas.nas.network import Network
 from hinas.nas.resize import imresize
-from hinas.nas.space import SearchSpace, preset
+from hinas.nas.space import preset
 
 DENOISE, SR = preset("paper-denoise"), preset("paper-sr")
 PSNR_TOLERANCE_DB = 0.02

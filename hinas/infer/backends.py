@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn

@@ -47,7 +47,7 @@ def compose_separable(depthwise: Affine, pointwise: Affine) -> Affine:
     return p[:, :, None, None] * dw[:, 0][None], pb + p @ db
 
 
-def compose_pointwise(first: "FusedConv", pointwise: "FusedConv") -> Affine:
+def compose_pointwise(first: FusedConv, pointwise: FusedConv) -> Affine:
     """The convolution equal to ``first`` (no activation) followed by a 1x1 convolution."""
     if first.act is not None or first.groups != 1 or pointwise.weight.shape[-1] != 1 or pointwise.groups != 1:
         raise ValueError("compose_pointwise needs a plain convolution followed by a 1x1 convolution")
@@ -69,9 +69,9 @@ class FusedConv(nn.Module):
     input runs on NNPACK's Winograd kernels (about 2x oneDNN's speed at 20-128 channels, rounding
     within 2e-5 of the direct sum); the rest (depthwise, dilated) runs on oneDNN in channels_last,
     2-3x its NCHW speed. oneDNN applies the activation as it writes. In bf16 (weights converted by
-    ``.to``) everything but the narrow head runs on oneDNN in channels_last: NNPACK has no bf16, and
-    oneDNN's bf16 kernels are 1.3-2.5x its float32 ones on a CPU with AVX-512 bf16. Elsewhere (GPU,
-    tracing for ONNX, torch.compile) it is a plain ``conv2d``.
+    ``.to``) every kind runs on oneDNN in channels_last (the narrow head too, as shifted taps): NNPACK
+    has no bf16, and oneDNN's bf16 kernels run 1.5-2.6x its float32 ones here (AVX-512 bf16, 20-128
+    channels). Elsewhere (GPU, tracing for ONNX, torch.compile) it is a plain ``conv2d``.
     """
 
     def __init__(self, affine: Affine, *, dilation: int = 1, groups: int = 1, act: float | None = None) -> None:
@@ -284,7 +284,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     ``out``: any layout whose channel or pixel stride is 1, e.g. a channel slice of a
     bigger feature, which then needs no concatenation and no separate sum.
     """
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     y = torch.empty((n, weight.shape[0], h, w), dtype=x.dtype, memory_format=memory_format) if out is None else out
     for xi, yi in zip(x, y):
         a, a_by_pixel = _matrix(xi)
