@@ -172,3 +172,22 @@ def test_tested_torch_range_is_the_one_pyproject_allows():
     assert bounds, torch_req
     lo, hi = kernels.TESTED_TORCH
     assert (int(bounds[1]), int(bounds[2])) == lo and (int(bounds[3]), int(bounds[4])) == hi
+
+
+@pytest.mark.parametrize("shape, kernel, dilation, groups", [
+    ((16, 16), 3, 1, 1), ((1, 64), 3, 1, 1), ((20, 20), 3, 1, 20), ((20, 20), 5, 2, 1), ((128, 1), 3, 1, 1), ((20, 30), 1, 1, 1),
+], ids=["dense", "stem", "depthwise", "dilated", "narrow", "pointwise"])
+def test_each_cpu_kernel_in_bf16_is_the_convolution_to_bf16_rounding(shape, kernel, dilation, groups):
+    """Every path FusedConv takes in bf16 on the CPU; all write channels_last (the next kernel's layout), from either."""
+    (c_in, c_out), g = shape, torch.Generator().manual_seed(3)
+    w = (torch.randn(c_out, c_in // groups, kernel, kernel, generator=g) / (c_in * kernel)).bfloat16()
+    b = torch.randn(c_out, generator=g).bfloat16()
+    conv = kernels.FusedConv((w.double(), b.double()), dilation=dilation, groups=groups, act=0.2)
+    conv.to(torch.bfloat16, memory_format=torch.channels_last)  # as FastNetwork converts its weights
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, c_in, 37, 29, generator=g).bfloat16().contiguous(memory_format=layout)
+        expected = nn.functional.leaky_relu(nn.functional.conv2d(x.float(), w.float(), b.float(), padding=conv.padding,
+                                                                 dilation=dilation, groups=groups), 0.2)
+        y = conv(x)
+        assert y.dtype == torch.bfloat16 and (c_out == 1 or y.is_contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(y.float(), expected, atol=2e-2, rtol=1e-2)

@@ -69,7 +69,7 @@ class FusedConv(nn.Module):
     input runs on NNPACK's Winograd kernels (about 2x oneDNN's speed at 20-128 channels, rounding
     within 2e-5 of the direct sum); the rest (depthwise, dilated) runs on oneDNN in channels_last,
     2-3x its NCHW speed. oneDNN applies the activation as it writes. In bf16 (weights converted by
-    ``.to``) every kind runs on oneDNN in channels_last (the narrow head too, as shifted taps): NNPACK
+    ``.to(torch.bfloat16, memory_format=torch.channels_last)``) every kind runs on oneDNN in channels_last (the narrow head too, as shifted taps): NNPACK
     has no bf16, and oneDNN's bf16 kernels run 1.5-2.6x its float32 ones here (AVX-512 bf16, 20-128
     channels). Elsewhere (GPU, tracing for ONNX, torch.compile) it is a plain ``conv2d``.
     """
