@@ -279,9 +279,9 @@ class FastNetwork(nn.Module):
         self.cells = nn.ModuleList(FastCell(layer.cell, layer.scale0[1].out_channels, separable) for layer in net.layers)
         self.decoder = FastDecoder(net.decoder)
         if dtype != torch.float32:  # weights folded in float64, rounded once to float32, then to ``dtype``
-            # channels_last weights too: oneDNN writes channels_last where the input or the weight is
-            self.to(dtype, memory_format=torch.channels_last)
-            self.stem1.float()  # reads the float32 image
+            for child in self.children():  # channels_last weights too: oneDNN writes channels_last where the input or the weight is
+                if child is not self.stem1:  # the first convolution reads the float32 image, in float32
+                    child.to(dtype, memory_format=torch.channels_last)
         for cell, scalers in zip(self.cells, zip(self.scale0, self.scale1)):
             for scaler in scalers:
                 scaler.memory_format = cell.input_layout
@@ -291,7 +291,7 @@ class FastNetwork(nn.Module):
         # Every feature is read through an activation except by the endpoint projection, which runs first:
         # so activations are computed in place, and the stem's two in a row are one (slope squared).
         a1 = self.stem1(x)
-        if a1.dtype != self.dtype:  # the image is read in float32 (bf16 would round it by up to 2**-9)
+        if a1.dtype != self.dtype:  # the image is read in float32 (bf16 keeps 8 significant bits of it)
             a1 = a1.to(self.dtype, memory_format=torch.channels_last)
         h0 = self.stem2(a1)
         endpoint = self.proj(h0) if self.endpoint_layer is None else None
