@@ -357,7 +357,8 @@ def targets(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
         fast_cpu = min(r["cpu_s"] for n, r in by.items() if n.startswith(name) and "inference form" in n)
         result[name] = {"best_form": fast["network"], "gflops_per_s": fast["gflops_per_s"], "latency_s": fast["latency_s"],
                         "speedup_vs_dncnn_best": speedup, "cpu_speedup_vs_dncnn_best": dncnn_cpu / fast_cpu, "target": TARGETS.get(name),
-                        "meets_target": speedup >= TARGETS[name] if name in TARGETS else None}
+                        # both measures: on a shared machine the latency alone can flatter either side
+                        "meets_target": min(speedup, dncnn_cpu / fast_cpu) >= TARGETS[name] if name in TARGETS else None}
     return result
 
 
