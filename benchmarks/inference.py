@@ -13,7 +13,7 @@ tensor memory of the inference form at 256, 512 and 1024 pixels (gray and colour
 output sizes; 1024 for a subset). On CUDA (``--device cuda``) part 1 is run at batch 1 and at a throughput
 batch.
 
-    python benchmarks/inference.py [--device cuda] [--repeats 3] [--no-compile] [--quick]
+    python benchmarks/inference.py [--device cuda] [--repeats 3] [--no-compile] [--quick] [--threads N]
 
 ``--quick``: part 1 only, with only the rows that can be a network's best form (no training form, ONNX
 Runtime, float32 compiled or memory profiling), and the targets: each HiNAS network's best form against
