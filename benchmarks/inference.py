@@ -4,10 +4,11 @@ Part 1 re-measures the speed table of the task (512x512 gray, batch 1): DnCNN-17
 form that may be its best (float32 / bf16 x NCHW / channels_last x eager / torch.compile; bf16 where the CPU
 has it natively) and the three denoisers built as the authors build them (every edge one op, inputs (s1, s0)),
 each in its training form (eval mode, as built) and its inference form (``hinas.infer.fast``: eager PyTorch in
-float32 and bf16, ONNX Runtime and torch.compile), all in the same run, with parameters, nominal GFLOP (the training form's convolutions, 2 x MACs) and the achieved
-GFLOP/s, i.e. nominal GFLOP / latency, for every form. Rows are timed interleaved, round after round, and
-medians are reported, because the test machine is shared. On the CPU the run also measures the machine's dense
-peak (a large float32 matrix product), to show how close DnCNN-17 already runs to it, and times each part of the
+float32 and bf16, ONNX Runtime and torch.compile), all in the same run, with parameters, nominal GFLOP (the
+training form's convolutions, 2 x MACs), the achieved GFLOP/s (nominal GFLOP / latency), the CPU time and each
+row's speed-up over DnCNN-17's fastest form. Rows are timed interleaved, round after round, and medians are
+reported, because the test machine is shared. On the CPU the run also measures the machine's dense
+peak (a large matrix product, bf16 where the CPU has it), to show how close DnCNN-17 already runs to it, and times each part of the
 inference forms (stem, cells, decoder, ...) with the FLOPs it executes. Part 2: latency and peak
 tensor memory of the inference form at 256, 512 and 1024 pixels (gray and colour denoisers; SR at x2 and x4
 output sizes; 1024 for a subset). On CUDA (``--device cuda``) part 1 is run at batch 1 and at a throughput
@@ -166,7 +167,7 @@ OTHER_RUNTIME = ("(onnxruntime)", "(torch.compile)")
 def interleaved(rows: dict[str, Callable[[], Any]], device: torch.device, repeats: int, memory: bool) -> dict[str, dict[str, Any]]:
     """Median latency over ``repeats`` rounds, each running every row once; a first (warm-up) round measures memory,
     or the first call's time (``first_call_s``: with torch.compile, the compilation). ``cpu_s``: the median CPU time
-    of the process's threads, which, unlike the latency, waiting for cores taken by other processes does not inflate."""
+    of the process's threads: waiting for cores other processes hold does not inflate it (OpenMP's spin-waiting does)."""
     result: dict[str, dict[str, Any]] = {name: {"times": []} for name in rows}
     for name, fn in rows.items():
         if memory and not name.endswith(OTHER_RUNTIME):
