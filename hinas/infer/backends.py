@@ -34,11 +34,11 @@ class InferenceModel(nn.Module):
 
     ``precision``: what the features are computed in. ``float32``: outputs equal the trained network's
     in eval mode to float32 rounding. ``bf16`` (the CPU needs native bf16, see
-    :func:`~hinas.hardware.cpu_has_bf16`; CUDA needs bf16 support): weights and features in bf16, the
-    image, the first convolution, the output, the residual step and the SR upscale in float32; outputs
-    within a few 1e-3 of float32 (tests/test_precision.py: within 0.02 dB PSNR on a partly fitted denoiser). ``auto``: bf16 on a CPU with native bf16 where the eager
-    inference form is measured faster in it for this network (timed once, here, on a 128x128 input),
-    else float32. ``self.precision`` is the one chosen. ONNX Runtime runs float32 only.
+    :func:`~hinas.hardware.cpu_has_bf16`; CUDA needs bf16 support): weights and features in bf16 (from
+    the image rounded to bf16), the output, the residual step and the SR upscale in float32; outputs
+    within a few 1e-3 of float32 (tests/test_precision.py: within 0.02 dB PSNR on a partly fitted
+    denoiser). ``auto``: bf16 on a CPU with native bf16 where the eager inference form is measured
+    faster in it for this network (timed once, here, on a 128x128 input), else float32. ``self.precision`` is the one chosen. ONNX Runtime runs float32 only.
     """
 
     def __init__(self, net: Network, backend: Backend = "torch", *, separable: Separable = "keep",
