@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
@@ -56,20 +54,6 @@ CPU_BF16_PHASES = frozenset({"retrain"})
 """Phases that ``amp: auto`` runs in bf16 on a CPU with bf16 units, as measured by benchmarks/train_step.py: retraining's
 dense 20-64-channel convolutions feed AMX (DnCNN-17's step 3x faster), while the search supernet's 10-20-channel
 convolutions and hundreds of BatchNorms do not (its step is slower in bf16)."""
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AMX or AVX-512 bf16), read at run time; ``HINAS_NO_BF16=1`` says no.
-
-    Without those units bf16 is emulated and slower than float32, so ``amp: auto`` must not assume it.
-    """
-    if os.environ.get("HINAS_NO_BF16", "") not in ("", "0"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap public way to ask, so stay with float32
-        return False
-    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
 
 
 def amp_dtype(device: torch.device, amp: str, phase: str = "retrain") -> torch.dtype | None:
@@ -147,3 +131,15 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU computes bf16 natively (AMX or AVX-512 bf16), so bf16 kernels can beat float32; detected at run time.
+
+    Elsewhere bf16 is emulated and slower than float32. ``HINAS_NO_BF16=1`` reports False, to run (and test)
+    the float32 path on a CPU that has it.
+    """
+    if os.environ.get("HINAS_NO_BF16", "") not in ("", "0"):
+        return False
+    capabilities = torch.cpu.get_capabilities()  # the CPUID flags torch reads (x86; other CPUs report none of these)
+    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))

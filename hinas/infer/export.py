@@ -49,7 +49,7 @@ def export_onnx(model: Network, path: str | Path, size: tuple[int, int] = (64, 6
 
 
 class _Residual(nn.Module):
-    def __init__(self, fast: "FastNetwork") -> None:
+    def __init__(self, fast: FastNetwork) -> None:
         super().__init__()
         self.fast = fast
 
@@ -57,7 +57,7 @@ class _Residual(nn.Module):
         return self.fast.residual(x)
 
 
-def inference_onnx(fast: "FastNetwork", opset: int = 17) -> bytes:
+def inference_onnx(fast: FastNetwork, opset: int = 17) -> bytes:
     """The inference form's residual predictor (output ``residual``) as ONNX bytes, for any batch and image size.
 
     The residual step (subtract for denoising, add to the bicubic upscale after

@@ -5,9 +5,17 @@ convolution with scaled weights and a bias; a depthwise convolution followed by 
 pointwise one is one dense convolution with ``W[o, i] = P[o, i] * D[i]``. Folding is
 done in float64 and rounded once, so the folded layers agree with the trained ones
 to float32 rounding.
+
+The fastest CPU kernels here are private PyTorch ops (NNPACK's Winograd convolution, oneDNN's convolution
+with fused activation or sum). They are used only where :func:`probe_private_ops` found them, once per
+process, giving the public ``conv2d``'s results under a torch version they were checked with; else the
+public op runs.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +47,7 @@ def compose_separable(depthwise: Affine, pointwise: Affine) -> Affine:
     return p[:, :, None, None] * dw[:, 0][None], pb + p @ db
 
 
-def compose_pointwise(first: "FusedConv", pointwise: "FusedConv") -> Affine:
+def compose_pointwise(first: FusedConv, pointwise: FusedConv) -> Affine:
     """The convolution equal to ``first`` (no activation) followed by a 1x1 convolution."""
     if first.act is not None or first.groups != 1 or pointwise.weight.shape[-1] != 1 or pointwise.groups != 1:
         raise ValueError("compose_pointwise needs a plain convolution followed by a 1x1 convolution")
@@ -60,8 +68,10 @@ class FusedConv(nn.Module):
     for free where the next layer wants the other one; a dense undilated 3x3 convolution on an NCHW
     input runs on NNPACK's Winograd kernels (about 2x oneDNN's speed at 20-128 channels, rounding
     within 2e-5 of the direct sum); the rest (depthwise, dilated) runs on oneDNN in channels_last,
-    2-3x its NCHW speed. oneDNN applies the activation as it writes. Elsewhere (GPU, tracing for
-    ONNX, torch.compile) it is a plain ``conv2d``.
+    2-3x its NCHW speed. oneDNN applies the activation as it writes. In bf16 (weights converted by
+    ``.to(torch.bfloat16, memory_format=torch.channels_last)``) every kind runs on oneDNN in channels_last (the narrow head too, as shifted taps): NNPACK
+    has no bf16, and oneDNN's bf16 kernels run 1.5-2.6x its float32 ones here (AVX-512 bf16, 20-128
+    channels). Elsewhere (GPU, tracing for ONNX, torch.compile) it is a plain ``conv2d``.
     """
 
     def __init__(self, affine: Affine, *, dilation: int = 1, groups: int = 1, act: float | None = None) -> None:
@@ -90,7 +100,7 @@ class FusedConv(nn.Module):
     def winograd(self) -> bool:
         """Runs on NNPACK on the CPU: a dense undilated 3x3 convolution (NNPACK has no dilation or groups) on
         8 channels or more (on fewer, as the stem's on the image, it is slower than oneDNN)."""
-        return self.dense3x3 and self.weight.shape[1] >= 8 and _nnpack
+        return self.dense3x3 and self.weight.shape[1] >= 8 and PRIVATE.nnpack and self.weight.dtype == torch.float32
 
     @property
     def narrow(self) -> bool:
@@ -101,7 +111,7 @@ class FusedConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not cpu_kernels(x):
             y = F.conv2d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation, groups=self.groups)
-        elif self.is_pointwise and _onednn and (_pixels_by_channels(x) if self.memory_format == torch.channels_last
+        elif self.is_pointwise and PRIVATE.onednn and (_pixels_by_channels(x) if self.memory_format == torch.channels_last
                                                  else x.is_contiguous()):
             # oneDNN's 1x1 kernel adds the bias and the activation as it writes (a matrix product: two more passes),
             # and in NCHW it beats MKL's product at these widths (80->40 channels: 21 ms against 53 ms)
@@ -112,9 +122,9 @@ class FusedConv(nn.Module):
             y = shifted_taps(x, self.weight, self.bias, self.dilation, self.padding)
         elif self.winograd and x.is_contiguous():
             y = torch._nnpack_spatial_convolution(x, self.weight.contiguous(), self.bias, [self.padding] * 2)
-        elif self.dense3x3 and x.is_contiguous():
+        elif self.dense3x3 and x.is_contiguous() and x.dtype == torch.float32:
             y = F.conv2d(x, self.weight.contiguous(), self.bias, padding=self.padding)  # NCHW, for a Winograd one next
-        elif _onednn:
+        elif PRIVATE.onednn:
             return self._run_onednn(x.contiguous(memory_format=torch.channels_last), self.bias, self.act)
         else:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -124,7 +134,7 @@ class FusedConv(nn.Module):
     def _run_onednn(self, x: torch.Tensor, bias: torch.Tensor | None, act: float | None) -> torch.Tensor:
         """oneDNN on a channels_last input, the activation applied as the output is written where this build can."""
         pad, dil = [self.padding] * 2, [self.dilation] * 2
-        if _onednn_post_ops:
+        if PRIVATE.post_ops:
             attr, scalars = ("none", []) if act is None else ("leaky_relu", [act])
             return torch.ops.mkldnn._convolution_pointwise(x, self.weight, bias, pad, [1, 1], dil, self.groups, attr, scalars, None)
         y = torch.ops.aten.mkldnn_convolution(x, self.weight, bias, pad, [1, 1], dil, self.groups)
@@ -133,7 +143,7 @@ class FusedConv(nn.Module):
     def plus(self, x: torch.Tensor, other: torch.Tensor, act: float | None) -> torch.Tensor:
         """LeakyReLU(this convolution of ``x`` + ``other``) with slope ``act`` (None: no activation), written into
         ``other``. On the CPU oneDNN adds as it writes: one pass over the output fewer."""
-        if cpu_kernels(x) and _onednn_post_ops and _pixels_by_channels(x) and _pixels_by_channels(other):
+        if cpu_kernels(x) and PRIVATE.post_ops and _pixels_by_channels(x) and _pixels_by_channels(other):
             # written into ``other`` (no second feature alive); the sum's only activation post-op is ReLU
             y = self._add_onednn(x, other, self.bias, relu=act == 0)
             return y if act is None or act == 0 else F.leaky_relu_(y, act)
@@ -148,7 +158,7 @@ class FusedConv(nn.Module):
 
     def writes_fused(self, x: torch.Tensor) -> bool:
         """This 1x1 convolution of ``x`` runs on oneDNN, which can add to an existing tensor as it writes."""
-        return self.is_pointwise and cpu_kernels(x) and _onednn_post_ops and _pixels_by_channels(x)
+        return self.is_pointwise and cpu_kernels(x) and PRIVATE.post_ops and _pixels_by_channels(x)
 
     def with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """This convolution of ``x`` with ``bias`` instead of its own, on oneDNN (where :meth:`writes_fused`)."""
@@ -162,7 +172,7 @@ class FusedConv(nn.Module):
         ``out`` is a whole channels_last tensor, oneDNN adds to it as it writes (1.3 ms)."""
         if accumulate and self.writes_fused(x) and out.is_contiguous(memory_format=torch.channels_last):
             self._add_onednn(x, out, bias)
-        elif cpu_kernels(x) and cpu_kernels(out) and _onednn and _pixels_by_channels(x):
+        elif cpu_kernels(x) and cpu_kernels(out) and PRIVATE.onednn and _pixels_by_channels(x):
             y = self._run_onednn(x, bias, None)
             out.add_(y) if accumulate else out.copy_(y)
         elif cpu_kernels(x) and cpu_kernels(out):
@@ -176,10 +186,83 @@ class FusedConv(nn.Module):
         return f"{i * self.groups}->{o}, k={k}, dilation={self.dilation}, groups={self.groups}, act={self.act}"
 
 
-_onednn = torch.backends.mkldnn.is_available()
-_onednn_post_ops = _onednn and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-"""oneDNN convolutions with a fused activation or sum (the op torch.compile's CPU back-end emits)."""
-_nnpack = torch._nnpack_available()  # also initialises NNPACK, which its convolution does not do itself
+TESTED_TORCH = ((2, 13), (2, 15))
+"""torch versions (from, up to but excluding) the private ops were checked with; CI installs 2.13.0.
+Private ops can change signature or meaning in any release, so outside this range only public ops run."""
+
+
+@dataclass(frozen=True)
+class PrivateOps:
+    """Which private convolutions this process may call; each False runs the public ``conv2d`` instead."""
+
+    nnpack: bool = False
+    """``torch._nnpack_spatial_convolution``: Winograd 3x3, float32 only."""
+    onednn: bool = False
+    """``aten.mkldnn_convolution``: oneDNN on channels_last inputs (any groups, dilation), float32 or bf16."""
+    post_ops: bool = False
+    """``mkldnn._convolution_pointwise`` and its in-place sum: oneDNN with the activation or sum applied as it writes
+    (the ops torch.compile's CPU back-end emits)."""
+
+
+def probe_private_ops(version: str = torch.__version__) -> PrivateOps:
+    """Each private op this module uses, tried once on tiny tensors against ``F.conv2d`` (float32 and bf16, dense
+    and depthwise-dilated) under a torch version in :data:`TESTED_TORCH`; an op that is missing, fails or
+    disagrees is left off."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m is None or not TESTED_TORCH[0] <= (int(m[1]), int(m[2])) < TESTED_TORCH[1]:
+        return PrivateOps()
+    onednn = torch.backends.mkldnn.is_available() and _agrees(
+        lambda x, w, b, pad, dil, groups: F.leaky_relu(torch.ops.aten.mkldnn_convolution(x, w, b, pad, [1, 1], dil, groups), 0.2))
+    post_ops = onednn and _agrees(
+        lambda x, w, b, pad, dil, groups: torch.ops.mkldnn._convolution_pointwise(
+            x, w, b, pad, [1, 1], dil, groups, "leaky_relu", [0.2], None)) and _sum_agrees()
+    nnpack = torch._nnpack_available() and _agrees(  # _nnpack_available also initialises NNPACK, which the op needs
+        lambda x, w, b, pad, dil, groups: F.leaky_relu(torch._nnpack_spatial_convolution(x.contiguous(), w, b, pad), 0.2),
+        dtypes=(torch.float32,), depthwise=False)
+    return PrivateOps(nnpack=nnpack, onednn=onednn, post_ops=post_ops)
+
+
+def _agrees(op, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16), depthwise: bool = True) -> bool:
+    """``op(x, weight, bias, padding, dilation, groups)`` is LeakyReLU(0.2) of the convolution on a channels_last
+    input, to the dtype's rounding."""
+    g = torch.Generator().manual_seed(0)
+    for dtype in dtypes:
+        for groups, dilation in ((1, 1), (8, 2)) if depthwise else ((1, 1),):
+            x = torch.randn(2, 8, 7, 6, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+            w, b = (torch.randn(8, 8 // groups, 3, 3, generator=g) / 4).to(dtype), torch.randn(8, generator=g).to(dtype)
+            expected = F.leaky_relu(F.conv2d(x.float(), w.float(), b.float(), padding=dilation, dilation=dilation, groups=groups), 0.2)
+            try:
+                y = op(x, w, b, [dilation] * 2, [dilation] * 2, groups)
+            except (RuntimeError, AttributeError, TypeError, NotImplementedError):
+                return False
+            if y.shape != expected.shape or y.dtype != dtype or not torch.allclose(y.float(), expected, **_close(dtype)):
+                return False
+    return True
+
+
+def _sum_agrees() -> bool:
+    """oneDNN's in-place sum: ``other`` += the convolution, then ReLU, written into ``other`` and returned."""
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, 8, 7, 6, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+        w, b = (torch.randn(5, 8, 1, 1, generator=g) / 4).to(dtype), torch.randn(5, generator=g).to(dtype)
+        other = torch.randn(2, 5, 7, 6, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+        expected = F.relu(other.float() + F.conv2d(x.float(), w.float(), b.float()))
+        try:
+            y = torch.ops.mkldnn._convolution_pointwise_.binary(other, x, w, b, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], None)
+        except (RuntimeError, AttributeError, TypeError, NotImplementedError):
+            return False
+        if y.data_ptr() != other.data_ptr() or not torch.allclose(other.float(), expected, **_close(dtype)):
+            return False
+    return True
+
+
+def _close(dtype: torch.dtype) -> dict[str, float]:
+    return {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
+
+
+PRIVATE = probe_private_ops()
+"""The private ops this process uses (read at each call, so a test can swap it for :class:`PrivateOps` ())."""
 
 
 def _pixels_by_channels(x: torch.Tensor) -> bool:
@@ -187,8 +270,8 @@ def _pixels_by_channels(x: torch.Tensor) -> bool:
 
 
 def cpu_kernels(x: torch.Tensor) -> bool:
-    """Eager float32 on the CPU: not traced for ONNX, not compiled (their graphs want plain convolutions)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+    """Eager float32 or bf16 on the CPU: not traced for ONNX, not compiled (their graphs want plain convolutions)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
@@ -201,7 +284,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     ``out``: any layout whose channel or pixel stride is 1, e.g. a channel slice of a
     bigger feature, which then needs no concatenation and no separate sum.
     """
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     y = torch.empty((n, weight.shape[0], h, w), dtype=x.dtype, memory_format=memory_format) if out is None else out
     for xi, yi in zip(x, y):
         a, a_by_pixel = _matrix(xi)
@@ -243,15 +326,19 @@ def _narrow_transposed(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def shifted_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int, padding: int) -> torch.Tensor:
-    """A convolution with few outputs: one 1x1 product to a plane per (tap, output), then the planes added, shifted."""
+    """A convolution with few outputs: one 1x1 product to a plane per (tap, output), then the planes added, shifted.
+
+    The planes are summed in float32 and rounded to the input's dtype once: in bf16, rounding each partial sum
+    would add nine roundings of sums that can be far larger than the result.
+    """
     o, c, k, _ = weight.shape
     n, _, h, w = x.shape
     taps = weight.permute(2, 3, 0, 1).reshape(k * k * o, c)
-    if _onednn and _pixels_by_channels(x):  # oneDNN's 1x1 and a copy: 14 ms, a matrix product to NCHW 20 ms (128->9)
+    if PRIVATE.onednn and _pixels_by_channels(x):  # oneDNN's 1x1 and a copy: 14 ms, a matrix product to NCHW 20 ms (128->9)
         planes = torch.ops.aten.mkldnn_convolution(x, taps[:, :, None, None].contiguous(), None, [0, 0], [1, 1], [1, 1], 1).contiguous()
     else:
         planes = pointwise(x, taps, None, torch.contiguous_format)
-    y = bias.view(1, o, 1, 1).expand(n, o, h, w).contiguous()
+    y = bias.float().view(1, o, 1, 1).expand(n, o, h, w).contiguous()
     for i in range(k):
         for j in range(k):
             dy, dx = i * dilation - padding, j * dilation - padding
@@ -259,7 +346,7 @@ def shifted_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dila
                 tap = planes[:, (i * k + j) * o : (i * k + j + 1) * o]
                 y[..., max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)] += \
                     tap[..., max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)]
-    return y
+    return y.to(x.dtype)
 
 
 def _matrix(feature: torch.Tensor, writable: bool = False) -> tuple[torch.Tensor, bool]:
