@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -8,6 +10,15 @@ from hinas.nas.space import SearchSpace
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _hinas_loggers_enabled():
+    """A library imported by an earlier test may configure logging with ``disable_existing_loggers``, which silences
+    hinas's module loggers for the rest of the session; the tests that read warnings through caplog need them on."""
+    for name, logger in logging.root.manager.loggerDict.items():
+        if name.startswith("hinas") and isinstance(logger, logging.Logger):
+            logger.disabled = False
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def assert_close_states(one: dict, two: dict, arch_atol: float = ARCH_ATOL) -> N
     assert one.keys() == two.keys()
     for name in one:
         atol = arch_atol if name in ("alpha", "beta") else WEIGHT_ATOL
-        torch.testing.assert_close(two[name], one[name], rtol=0, atol=atol, msg=name)
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=atol, msg=lambda detail, name=name: f"{name}: {detail}")
 
 
 def test_ranks_of_a_search_hold_identical_replicas_and_derive_one_genotype(runs):
