@@ -8,8 +8,8 @@ float32 and bf16, ONNX Runtime and torch.compile), all in the same run, with par
 training form's convolutions, 2 x MACs), the achieved GFLOP/s (nominal GFLOP / latency), the CPU time and each
 row's speed-up over DnCNN-17's fastest form. Rows are timed interleaved, round after round, and medians are
 reported, because the test machine is shared. On the CPU the run also measures the machine's dense
-peak (a large matrix product, bf16 where the CPU has it), to show how close DnCNN-17 already runs to it, and times each part of the
-inference forms (stem, cells, decoder, ...) with the FLOPs it executes. Part 2: latency and peak
+peak (a large matrix product, bf16 where the CPU has it), to show how close DnCNN-17 already runs to it,
+and times each part of the inference forms (stem, cells, decoder, ...) with the FLOPs it executes. Part 2: latency and peak
 tensor memory of the inference form at 256, 512 and 1024 pixels (gray and colour denoisers; SR at x2 and x4
 output sizes; 1024 for a subset). On CUDA (``--device cuda``) part 1 is run at batch 1 and at a throughput
 batch.
@@ -164,7 +164,8 @@ OTHER_RUNTIME = ("(onnxruntime)", "(torch.compile)")
 """Rows whose memory the PyTorch profiler does not see (ONNX Runtime's) or would record compiling."""
 
 
-def interleaved(rows: dict[str, Callable[[], Any]], device: torch.device, repeats: int, memory: bool) -> dict[str, dict[str, Any]]:
+def interleaved(rows: dict[str, Callable[[], Any]], device: torch.device, repeats: int,
+                memory: bool) -> dict[str, dict[str, Any]]:
     """Median latency over ``repeats`` rounds, each running every row once; a first (warm-up) round measures memory,
     or the first call's time (``first_call_s``: with torch.compile, the compilation). ``cpu_s``: the median CPU time
     of the process's threads: waiting for cores other processes hold does not inflate it (OpenMP's spin-waiting does)."""
@@ -194,10 +195,10 @@ def speed_table(device: torch.device, repeats: int, batch: int, compile: bool, q
     precisions = {"float32": torch.float32, **({"bf16": torch.bfloat16} if bf16 else {})}
     layouts = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
     best_guess = ("bf16" if bf16 else "float32", "channels_last")  # the one form compiled in a quick run
-    for (p, dtype), (l, layout) in itertools.product(precisions.items(), layouts.items()):
-        models[f"DnCNN-17 {p} {l}"] = (Plain(dncnn, dtype, layout), dncnn)
-        if compile and (not quick or (p, l) == best_guess):
-            models[f"DnCNN-17 {p} {l} (torch.compile)"] = (torch.compile(Plain(dncnn, dtype, layout)), dncnn)
+    for (p, dtype), (lay, layout) in itertools.product(precisions.items(), layouts.items()):
+        models[f"DnCNN-17 {p} {lay}"] = (Plain(dncnn, dtype, layout), dncnn)
+        if compile and (not quick or (p, lay) == best_guess):
+            models[f"DnCNN-17 {p} {lay} (torch.compile)"] = (torch.compile(Plain(dncnn, dtype, layout)), dncnn)
     if device.type == "cpu" and not quick:
         models["DnCNN-17 folded, same kernels (reference)"] = (Folded(dncnn), dncnn)
     for name, op, path in TABLE:
@@ -227,7 +228,8 @@ def speed_table(device: torch.device, repeats: int, batch: int, compile: bool, q
         r = measured[name]
         executed = executed_flops(m.fast, (batch, 1, *size)) / 1e9 if isinstance(m, InferenceModel) else None
         rows.append({"network": name, "params": count_params(train), "gflop": gflop, "executed_gflop": executed,
-                     "latency_s": r["latency_s"], "times_s": r["times"], "cpu_s": r["cpu_s"], "gflops_per_s": gflop / r["latency_s"],
+                     "latency_s": r["latency_s"], "times_s": r["times"], "cpu_s": r["cpu_s"],
+                     "gflops_per_s": gflop / r["latency_s"],
                      "peak_mb": r["peak_mb"], "first_call_s": r.get("first_call_s"), "batch": batch, "size": list(size)})
     return rows
 
@@ -239,15 +241,16 @@ def by_part(repeats: int) -> list[dict[str, Any]]:
     shape = (1, 1, 512, 512)
     x = torch.rand(shape)
     for name, op, path in TABLE:
-        model = InferenceModel(trained_like(Network(uniform(DENOISE, op, path), 20), 1), precision="bf16" if cpu_has_bf16() else "float32")
+        model = InferenceModel(trained_like(Network(uniform(DENOISE, op, path), 20), 1),
+                               precision="bf16" if cpu_has_bf16() else "float32")
         parts = dict(model.fast.named_children())
         spent = dict.fromkeys(parts, 0.0)
         started: dict[str, float] = {}
 
-        def start(part: str) -> None:
+        def start(part: str, started: dict[str, float] = started) -> None:
             started[part] = time.perf_counter()
 
-        def stop(part: str) -> None:
+        def stop(part: str, spent: dict[str, float] = spent, started: dict[str, float] = started) -> None:
             spent[part] += time.perf_counter() - started[part]
 
         handles = []
@@ -266,12 +269,14 @@ def by_part(repeats: int) -> list[dict[str, Any]]:
             h.remove()
         for part, module in [*parts.items(), ("whole", model.fast)]:
             seconds, gflop = spent[part] / repeats, executed_flops(module, shape) / 1e9
-            rows.append({"network": name, "part": part, "ms": seconds * 1e3, "gflop_run": gflop, "gflops_per_s": gflop / seconds})
+            rows.append({"network": name, "part": part, "ms": seconds * 1e3, "gflop_run": gflop,
+                         "gflops_per_s": gflop / seconds})
     return rows
 
 
 def print_parts(rows: list[dict[str, Any]]) -> None:
-    print(f"\ninference form by part, 512x512 gray, {'bf16' if cpu_has_bf16() else 'float32'} (GFLOP run / time)\n| network | part | ms | GFLOP run | GFLOP/s |\n|---|---|---|---|---|")
+    print(f"\ninference form by part, 512x512 gray, {'bf16' if cpu_has_bf16() else 'float32'} (GFLOP run / time)\n"
+          "| network | part | ms | GFLOP run | GFLOP/s |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['network'][6:]} | {r['part']} | {r['ms']:.0f} | {r['gflop_run']:.1f} | {r['gflops_per_s']:.0f} |")
 
@@ -299,7 +304,7 @@ def size_sweep(device: torch.device, repeats: int, table: list[dict[str, Any]]) 
             lr = side // space.scale
             x = torch.rand(1, space.in_channels, lr, lr, device=device)
 
-            def run() -> Any:
+            def run(model: InferenceModel = model, x: torch.Tensor = x) -> Any:
                 return model(x)
 
             r = interleaved({name: run}, device, repeats if side < 1024 else 1, memory=True)[name]
@@ -322,11 +327,13 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         run = f"{r['executed_gflop']:.0f}" if r["executed_gflop"] is not None else "="
         first = f"{r['first_call_s']:.0f}" if r["first_call_s"] is not None else "-"
         print(f"| {r['network']} | {r['params'] / 1e3:.0f} K | {r['gflop']:.0f} | {run} | {r['latency_s']:.2f} | "
-              f"{dncnn / r['latency_s']:.2f} | {r['cpu_s']:.2f} | {dncnn_cpu / r['cpu_s']:.2f} | {r['gflops_per_s']:.0f} | {peak} | {first} |")
+              f"{dncnn / r['latency_s']:.2f} | {r['cpu_s']:.2f} | {dncnn_cpu / r['cpu_s']:.2f} | {r['gflops_per_s']:.0f} | "
+              f"{peak} | {first} |")
 
 
 def print_sizes(rows: list[dict[str, Any]]) -> None:
-    print("\ninference form by output size, batch 1\n| network | output | input | params | GFLOP | latency (s) | GFLOP/s | peak MB |\n"
+    print("\ninference form by output size, batch 1\n"
+          "| network | output | input | params | GFLOP | latency (s) | GFLOP/s | peak MB |\n"
           "|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["network"], r["output"])):
         print(f"| {r['network']} | {r['output']} | {r['input']} | {r['params'] / 1e3:.0f} K | {r['gflop']:.1f} | "
@@ -349,7 +356,8 @@ def targets(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
     own best included); ``peak``: :func:`dense_peak`, for scale."""
     by = {r["network"]: r for r in rows}
     dncnn = min((r for n, r in by.items() if n.startswith("DnCNN-17")), key=lambda r: r["latency_s"])
-    result = {"dense_peak_gflops_per_s": peak, "dncnn_best_form": dncnn["network"], "dncnn_latency_s": dncnn["latency_s"],
+    result = {"dense_peak_gflops_per_s": peak, "dncnn_best_form": dncnn["network"],
+              "dncnn_latency_s": dncnn["latency_s"],
               "dncnn_gflops_per_s": dncnn["gflops_per_s"], "dncnn_share_of_peak": dncnn["gflops_per_s"] / peak}
     for name, _, _ in TABLE:
         fast = min((r for n, r in by.items() if n.startswith(name) and "inference form" in n), key=lambda r: r["latency_s"])
@@ -357,7 +365,8 @@ def targets(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
         dncnn_cpu = min(r["cpu_s"] for n, r in by.items() if n.startswith("DnCNN-17"))
         fast_cpu = min(r["cpu_s"] for n, r in by.items() if n.startswith(name) and "inference form" in n)
         result[name] = {"best_form": fast["network"], "gflops_per_s": fast["gflops_per_s"], "latency_s": fast["latency_s"],
-                        "speedup_vs_dncnn_best": speedup, "cpu_speedup_vs_dncnn_best": dncnn_cpu / fast_cpu, "target": TARGETS.get(name),
+                        "speedup_vs_dncnn_best": speedup, "cpu_speedup_vs_dncnn_best": dncnn_cpu / fast_cpu,
+                        "target": TARGETS.get(name),
                         # both measures: on a shared machine the latency alone can flatter either side
                         "meets_target": min(speedup, dncnn_cpu / fast_cpu) >= TARGETS[name] if name in TARGETS else None}
     return result
@@ -367,7 +376,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per row (default: %(default)s)")
-    parser.add_argument("--throughput-batch", type=int, default=8, help="batch of the CUDA throughput table (default: %(default)s)")
+    parser.add_argument("--throughput-batch", type=int, default=8,
+                        help="batch of the CUDA throughput table (default: %(default)s)")
     parser.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator as it is (see keep_freed_memory)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="leave out the torch.compile rows (each compiles for a minute or so on two cores)")

@@ -151,7 +151,8 @@ def test_folding_primitives_are_exact():
         torch.testing.assert_close(nn.functional.conv2d(x, w.float(), b.float(), padding=1), pw(dw(x)), atol=1e-5, rtol=1e-5)
         first, second = fold_sequential(nn.Sequential(nn.Conv2d(5, 6, 3, padding=1), nn.Conv2d(6, 3, 1)))
         w, b = compose_pointwise(first, second)
-        torch.testing.assert_close(nn.functional.conv2d(x, w.float(), b.float(), padding=1), second(first(x)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(nn.functional.conv2d(x, w.float(), b.float(), padding=1), second(first(x)),
+                                   atol=1e-5, rtol=1e-5)
 
 
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
@@ -194,7 +195,8 @@ def test_each_cpu_kernel_equals_the_plain_convolution(shape, kernel, dilation, g
     assert conv.winograd == (path in ("winograd", "onednn") or (path == "taps" and kernel == 3))
     for size in ((37, 29), (3, 2)):
         x = torch.randn(2, c_in, *size, generator=g).contiguous(memory_format=layout)
-        expected = nn.functional.leaky_relu(nn.functional.conv2d(x, w, b, padding=conv.padding, dilation=dilation, groups=groups), 0.2)
+        expected = nn.functional.leaky_relu(nn.functional.conv2d(x, w, b, padding=conv.padding, dilation=dilation,
+                                                                 groups=groups), 0.2)
         torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-4)
 
 
@@ -253,7 +255,8 @@ def test_inference_model_holds_no_autograd_state():
         assert (y - net(x)).abs().max().item() < TOLERANCE
 
 
-@pytest.mark.parametrize("genotype", [mixed_genotype(DENOISE, 4), mixed_genotype(SR.replace(scale=3), 5)], ids=["denoise", "sr-x3"])
+@pytest.mark.parametrize("genotype", [mixed_genotype(DENOISE, 4), mixed_genotype(SR.replace(scale=3), 5)],
+                         ids=["denoise", "sr-x3"])
 def test_onnxruntime_backend_equals_training_form_at_any_size(genotype):
     net = trained_like(Network(genotype, 8))
     model = InferenceModel(net, "onnxruntime")
@@ -264,7 +267,8 @@ def test_onnxruntime_backend_equals_training_form_at_any_size(genotype):
         assert (model(x) - expected).abs().max().item() < TOLERANCE
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
 def test_compile_backend_equals_training_form():
     net = trained_like(Network(uniform_genotype(SearchSpace(layers=2, nodes=2, filters=4), "sep_conv_3x3", (0, 1)), 4))
     x = degraded(net.genotype.space)[..., :48, :48]

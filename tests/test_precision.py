@@ -158,7 +158,10 @@ def test_private_ops_are_probed_once_against_conv2d_in_the_tested_torch_range():
     lo, hi = kernels.TESTED_TORCH
     if lo <= tuple(int(v) for v in torch.__version__.split(".")[:2]) < hi and torch.backends.mkldnn.is_available():
         assert kernels.PRIVATE.onednn and kernels.PRIVATE.post_ops  # CI's torch: the fast paths are in use
-    public = lambda x, w, b, pad, dil, groups: nn.functional.leaky_relu(nn.functional.conv2d(x, w, b, padding=pad, dilation=dil, groups=groups), 0.2)
+
+    def public(x, w, b, pad, dil, groups):
+        return nn.functional.leaky_relu(nn.functional.conv2d(x, w, b, padding=pad, dilation=dil, groups=groups), 0.2)
+
     assert kernels._agrees(public)
     assert not kernels._agrees(lambda x, w, b, pad, dil, groups: public(x, w, b, pad, dil, groups) * 1.01)  # wrong result
     assert not kernels._agrees(lambda x, w, b, pad, dil, groups: public(x, w, b, pad, dil, groups).float())  # wrong dtype

@@ -38,7 +38,8 @@ class InferenceModel(nn.Module):
     the image rounded to bf16), the output, the residual step and the SR upscale in float32; outputs
     within a few 1e-3 of float32 (tests/test_precision.py: within 0.02 dB PSNR on a partly fitted
     denoiser). ``auto``: bf16 on a CPU with native bf16 where the eager inference form is measured
-    faster in it for this network (timed once, here, on a 128x128 input), else float32. ``self.precision`` is the one chosen. ONNX Runtime runs float32 only.
+    faster in it for this network (timed once, here, on a 128x128 input), else float32. ``self.precision``
+    is the one chosen. ONNX Runtime runs float32 only.
     """
 
     def __init__(self, net: Network, backend: Backend = "torch", *, separable: Separable = "keep",
@@ -67,7 +68,8 @@ class InferenceModel(nn.Module):
             self._run = torch.compile(self.fast)
         elif backend == "onnxruntime":
             if device.type != "cpu":
-                raise ConfigError(f"backend onnxruntime runs on the CPU; the network is on {device} (use backend torch or compile)")
+                raise ConfigError(f"backend onnxruntime runs on the CPU; the network is on {device} "
+                                  "(use backend torch or compile)")
             self._run = _OnnxRuntime(self.fast)
         else:
             self._run = self.fast

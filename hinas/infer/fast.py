@@ -56,7 +56,8 @@ def _compose_separable_pairs(convs: list[nn.Module]) -> list[nn.Module]:
     for m in convs:
         prev = out[-1] if out else None
         if (isinstance(m, FusedConv) and isinstance(prev, FusedConv) and prev.act is None and m.groups == 1
-                and m.weight.shape[-1] == 1 and prev.groups == prev.weight.shape[0] == m.weight.shape[1] and prev.weight.shape[1] == 1):
+                and m.weight.shape[-1] == 1 and prev.groups == prev.weight.shape[0] == m.weight.shape[1]
+                and prev.weight.shape[1] == 1):
             dense = compose_separable((prev.weight.double(), prev.bias.double()), (m.weight.double(), m.bias.double()))
             out[-1] = FusedConv(dense, dilation=prev.dilation, act=m.act)
         else:
@@ -86,7 +87,8 @@ def _edge(node: int, state: int, op: nn.Module, separable: Separable) -> _Edge |
 class _Step(nn.Module):
     """One convolution (or op) of a cell: reads states, activated or raw, and adds its output slices to nodes."""
 
-    def __init__(self, inputs: tuple[int, ...], activated: bool, targets: tuple[int, ...], body: nn.Module, fresh: bool = True) -> None:
+    def __init__(self, inputs: tuple[int, ...], activated: bool, targets: tuple[int, ...], body: nn.Module,
+                 fresh: bool = True) -> None:
         super().__init__()
         self.inputs, self.activated, self.targets, self.body, self.fresh = inputs, activated, targets, body, fresh
         self.register_buffer("tail_bias", None)
@@ -130,7 +132,8 @@ class FastCell(nn.Module):
         for k, s in enumerate(steps):
             for t in s.targets:
                 first.setdefault(t, k)
-        self.direct = bool(first) and steps[0].tail is None and all(k == 0 for k in first.values()) and steps[0].fresh and steps[0].targets == tuple(range(self.nodes))
+        self.direct = (bool(first) and steps[0].tail is None and all(k == 0 for k in first.values()) and steps[0].fresh
+                       and steps[0].targets == tuple(range(self.nodes)))
         """The first step writes every node, in order: its output is the cell's output buffer."""
         biased: set[int] = set()
         for s in steps:
@@ -178,7 +181,8 @@ class FastCell(nn.Module):
         out: torch.Tensor | None = None
         if in_place and not self.direct:
             layout = torch.channels_last if s0.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            out = torch.empty((s0.shape[0], self.nodes * c, *s0.shape[2:]), dtype=s0.dtype, device=s0.device, memory_format=layout)
+            out = torch.empty((s0.shape[0], self.nodes * c, *s0.shape[2:]), dtype=s0.dtype, device=s0.device,
+                              memory_format=layout)
         nodes: list[torch.Tensor | None] = [None] * self.nodes
         """Out of place: each node's sum so far; in place: its slice of ``out``, once written, or a tensor of its own."""
         own: dict[int, torch.Tensor] = {}
@@ -342,7 +346,8 @@ class FastDecoder(nn.Module):
         depthwise, mix = fold_sequential(decoder.fuse[0])
         e = decoder.proj[0].out_channels
         self.depthwise = nn.ModuleList(FusedConv((w, b), groups=w.shape[0], act=depthwise.act) for w, b in
-                                       zip(depthwise.weight.double().split((e, depthwise.out_channels - e)), depthwise.bias.double().split((e, depthwise.out_channels - e))))
+                                       zip(depthwise.weight.double().split((e, depthwise.out_channels - e)),
+                                           depthwise.bias.double().split((e, depthwise.out_channels - e))))
         projected, rest = mix.weight.double().split((e, mix.weight.shape[1] - e), dim=1)
         self.mix = nn.ModuleList([FusedConv((projected, mix.bias.double() * 0)), FusedConv((rest, mix.bias.double()))])
         self.mix_act = mix.act

@@ -69,7 +69,8 @@ class FusedConv(nn.Module):
     input runs on NNPACK's Winograd kernels (about 2x oneDNN's speed at 20-128 channels, rounding
     within 2e-5 of the direct sum); the rest (depthwise, dilated) runs on oneDNN in channels_last,
     2-3x its NCHW speed. oneDNN applies the activation as it writes. In bf16 (weights converted by
-    ``.to(torch.bfloat16, memory_format=torch.channels_last)``) every kind runs on oneDNN in channels_last (the narrow head too, as shifted taps): NNPACK
+    ``.to(torch.bfloat16, memory_format=torch.channels_last)``) every kind runs on oneDNN in channels_last
+    (the narrow head too, as shifted taps): NNPACK
     has no bf16, and oneDNN's bf16 kernels run 1.5-2.6x its float32 ones here (AVX-512 bf16, 20-128
     channels). Elsewhere (GPU, tracing for ONNX, torch.compile) it is a plain ``conv2d``.
     """
@@ -136,7 +137,8 @@ class FusedConv(nn.Module):
         pad, dil = [self.padding] * 2, [self.dilation] * 2
         if PRIVATE.post_ops:
             attr, scalars = ("none", []) if act is None else ("leaky_relu", [act])
-            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, bias, pad, [1, 1], dil, self.groups, attr, scalars, None)
+            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, bias, pad, [1, 1], dil, self.groups, attr, scalars,
+                                                           None)
         y = torch.ops.aten.mkldnn_convolution(x, self.weight, bias, pad, [1, 1], dil, self.groups)
         return y if act is None else F.leaky_relu_(y, act)
 
@@ -230,7 +232,8 @@ def _agrees(op, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16
         for groups, dilation in ((1, 1), (8, 2)) if depthwise else ((1, 1),):
             x = torch.randn(2, 8, 7, 6, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
             w, b = (torch.randn(8, 8 // groups, 3, 3, generator=g) / 4).to(dtype), torch.randn(8, generator=g).to(dtype)
-            expected = F.leaky_relu(F.conv2d(x.float(), w.float(), b.float(), padding=dilation, dilation=dilation, groups=groups), 0.2)
+            expected = F.leaky_relu(F.conv2d(x.float(), w.float(), b.float(), padding=dilation, dilation=dilation,
+                                             groups=groups), 0.2)
             try:
                 y = op(x, w, b, [dilation] * 2, [dilation] * 2, groups)
             except (RuntimeError, AttributeError, TypeError, NotImplementedError):
@@ -249,7 +252,8 @@ def _sum_agrees() -> bool:
         other = torch.randn(2, 5, 7, 6, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
         expected = F.relu(other.float() + F.conv2d(x.float(), w.float(), b.float()))
         try:
-            y = torch.ops.mkldnn._convolution_pointwise_.binary(other, x, w, b, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], None)
+            y = torch.ops.mkldnn._convolution_pointwise_.binary(other, x, w, b, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu",
+                                                                [], None)
         except (RuntimeError, AttributeError, TypeError, NotImplementedError):
             return False
         if y.data_ptr() != other.data_ptr() or not torch.allclose(other.float(), expected, **_close(dtype)):
@@ -335,7 +339,8 @@ def shifted_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dila
     n, _, h, w = x.shape
     taps = weight.permute(2, 3, 0, 1).reshape(k * k * o, c)
     if PRIVATE.onednn and _pixels_by_channels(x):  # oneDNN's 1x1 and a copy: 14 ms, a matrix product to NCHW 20 ms (128->9)
-        planes = torch.ops.aten.mkldnn_convolution(x, taps[:, :, None, None].contiguous(), None, [0, 0], [1, 1], [1, 1], 1).contiguous()
+        planes = torch.ops.aten.mkldnn_convolution(x, taps[:, :, None, None].contiguous(), None, [0, 0], [1, 1], [1, 1],
+                                                   1).contiguous()
     else:
         planes = pointwise(x, taps, None, torch.contiguous_format)
     y = bias.float().view(1, o, 1, 1).expand(n, o, h, w).contiguous()
