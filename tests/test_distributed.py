@@ -27,8 +27,10 @@ They differ more than the weights because Adam's first steps are about lr * sign
 component near zero turns a rounding-level difference into a visible one. For scale, per-rank BatchNorm
 statistics instead of global ones put them 4e-3 apart."""
 
-WEIGHT_ATOL = 1e-5
-"""Weights and BatchNorm buffers after the smoke search or retrain, 1 vs 2 processes. Measured: 3.6e-7 (float32 rounding)."""
+WEIGHT_ATOL = 5e-5
+"""Weights and BatchNorm buffers after the smoke search or retrain, 1 vs 2 processes. Measured: 3.6e-7 with NCHW
+convolutions, 1.6e-5 since retraining runs channels_last on the CPU (oneDNN's blocked kernels sum in another order
+at batch 1 than at batch 2). Per-rank BatchNorm statistics instead of global ones put them 4e-3 apart."""
 
 SMOKE = ["--preset", "smoke", "--set", "device=cpu", "--set", "amp=off", "--set", "val_crop=16", "--quiet"]
 """float32 throughout: these runs check the mathematics of data parallelism, which bf16 rounding would hide."""
