@@ -73,7 +73,6 @@ def checked(y: object, x: torch.Tensor, scale: int) -> torch.Tensor:
     return y
 
 
-@torch.no_grad()
 def check_tiling(tile: int, overlap: int, where: str = "") -> None:
     """The one rule for tile settings: neither negative, and the overlap smaller than a tile (0: no tiling)."""
     if tile < 0 or overlap < 0:
@@ -82,6 +81,7 @@ def check_tiling(tile: int, overlap: int, where: str = "") -> None:
         raise ConfigError(f"{where}tile_overlap ({overlap}) must be smaller than tile ({tile})")
 
 
+@torch.no_grad()
 def tiled_forward(model: nn.Module, x: torch.Tensor, scale: int = 1, tile: int = 0, overlap: int = 16) -> torch.Tensor:
     """Run ``model`` on a (N, C, H, W) batch, in overlapping tiles of side ``tile`` when that is > 0.
 
