@@ -226,10 +226,8 @@ def search_job(ctx: Context, compile_mode: str | None = None) -> tuple[Any, Any,
     import torch
     from tqdm.auto import tqdm
 
-    from hinas.engine import distributed
-    from hinas.engine.rundir import seed_everything
+    from hinas.engine.loop import set_up, start_run
     from hinas.engine.settings import SearchConfig, resolve
-    from hinas.hardware import amp_dtype, pick_device, prepare_device
     from hinas.jobs.search import SearchJob
 
     size = (40, 48) if ctx.dry else (321, 481)
@@ -239,16 +237,8 @@ def search_job(ctx: Context, compile_mode: str | None = None) -> tuple[Any, Any,
     cfg = resolve(SearchConfig, "smoke" if ctx.dry else "paper-denoise",
                   overrides=[f"data={data}", f"device={ctx.device}", *(["space.layers=1", "space.nodes=1"] if ctx.dry else [])])
     job = SearchJob(cfg)
-    device = pick_device(cfg.device)
-    job.ctx = distributed.init(device)
-    seed_everything(cfg.seed)
-    prepare_device(device)
-    job.amp = amp_dtype(device, cfg.amp)
-    job.layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    job.prepare()
-    model = job.model = job.build().to(device).to(memory_format=job.layout)
-    job.optimizers = job.make_optimizers(model)
-    job.grad_scaler = torch.amp.GradScaler(device.type, enabled=job.amp is torch.float16)
+    set_up(job, start_run(ctx.work / "search-job", job.kind, cfg, overwrite=False, resume=False, force=False, progress=False))
+    model = job.model
     job.bar = tqdm(disable=True)
     if compile_mode:
         job.model = torch.compile(model, backend="eager") if ctx.dry else torch.compile(model, mode=compile_mode)

@@ -178,6 +178,17 @@ def start_run(out: Path, kind: str, cfg: RunConfig, *, overwrite: bool, resume: 
     return start
 
 
+def set_up(job: Job[Any, Any], start: Start) -> None:
+    """Give ``job`` its context, precision, layout, data, replicated model, optimisers and grad scaler, as ``fit`` does
+    (and benchmarks that time a job's steps without a run directory)."""
+    ctx = job.ctx = start.ctx
+    job.amp, job.layout, job.facts = start.amp, start.layout, start.facts()
+    job.prepare()
+    job.model = ctx.replicate(job.build().to(ctx.device)).to(memory_format=job.layout)
+    job.optimizers = job.make_optimizers(job.model)
+    job.grad_scaler = torch.amp.GradScaler(ctx.device.type, enabled=job.amp is torch.float16)
+
+
 def fit(job: Job[P, R], out: str | Path, *, overwrite: bool = False, resume: bool = False, force: bool = False,
         progress: bool = True) -> R:
     """Train ``job`` into run directory ``out``; returns what :meth:`Job.finish` returns.
@@ -187,12 +198,8 @@ def fit(job: Job[P, R], out: str | Path, *, overwrite: bool = False, resume: boo
     """
     out, cfg = Path(out), job.cfg
     start = start_run(out, job.kind, cfg, overwrite=overwrite, resume=resume, force=force, progress=progress)
-    ctx = job.ctx = start.ctx
-    job.amp, job.layout, job.facts = start.amp, start.layout, start.facts()
-    job.prepare()
-    model = job.model = ctx.replicate(job.build().to(ctx.device)).to(memory_format=job.layout)
-    optimizers = job.optimizers = job.make_optimizers(model)
-    grad_scaler = job.grad_scaler = torch.amp.GradScaler(ctx.device.type, enabled=job.amp is torch.float16)
+    set_up(job, start)
+    ctx, model, optimizers, grad_scaler = job.ctx, job.model, job.optimizers, job.grad_scaler
     saved = start.saved
     resumed = load_state(job.progress_type, saved, model, optimizers, grad_scaler, out / CHECKPOINT) if saved else None
 
