@@ -13,6 +13,7 @@ from hinas.nas.genotype import Genotype, legal_paths, random_genotype
 from hinas.nas.network import load_model
 from hinas.nas.space import PRESETS
 from hinas.studies import results
+from hinas.studies.aggregate import bootstrap_difference
 
 
 @pytest.mark.parametrize("name", ["paper-denoise", "paper-sr"])
@@ -85,10 +86,21 @@ def test_summary_and_search_versus_random():
     summary = {s["group"]: s for s in results.summarise(rows)}
     assert summary["lwas"]["mean"] == pytest.approx(30.5) and summary["lwas"]["std"] == pytest.approx(0.7071, abs=1e-4)
     assert summary["random"]["n"] == 2 and summary["random"]["max"] == 30.8
-    [verdict] = results.search_beats_random(list(summary.values()))
-    assert verdict["gain_db"] == pytest.approx(0.6) and verdict["beats_best_random"] is False
+    [verdict] = results.search_beats_random(rows)
+    assert verdict["group"] == "lwas" and verdict["gain_db"] == pytest.approx(0.6) and verdict["beats_best_random"] is False
+    assert verdict["ci_low"] < 0.6 < verdict["ci_high"] and verdict["ci_low"] > -0.81 and verdict["ci_high"] < 2.01
     table = results.markdown_table(rows, 512)
     assert "**Denoising**" in table and "| sigma 25 | random-1 | 1.0 |" in table and "30.80 / 0.8000" in table
+
+
+def test_bootstrap_interval_covers_a_clear_difference_and_straddles_zero_for_noise():
+    clear = bootstrap_difference([31.0, 31.2, 30.9, 31.1, 31.0], [30.0, 30.1, 29.9, 30.2, 30.0])
+    assert clear["diff"] == pytest.approx(1.0) and 0.7 < clear["low"] < 1.0 < clear["high"] < 1.3
+    noise = bootstrap_difference([30.0, 31.0, 29.5, 30.8, 30.2], [30.4, 29.8, 30.9, 30.1, 30.3])
+    assert noise["low"] < 0 < noise["high"]
+    assert bootstrap_difference([1.0, 2.0], [0.0, 1.0]) == bootstrap_difference([1.0, 2.0], [0.0, 1.0])  # seeded
+    with pytest.raises(ValueError, match="at least one value"):
+        bootstrap_difference([], [1.0])
 
 
 def test_published_figures_sit_beside_ours_only_for_the_same_model_set_and_level():

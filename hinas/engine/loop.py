@@ -244,6 +244,8 @@ def _phase(job: Job[P, Any], state: P, stop: StopSignals, ctx: distributed.Conte
             signal = ctx.agreed_signal(stop.received)  # or one that arrived while the checkpoint was written
         if signal and not last:
             raise job.ckpt.interrupted(state, signal)
+        if last:
+            break
     job.end_phase(state)
     job.ckpt.save(state)
     signal = ctx.agreed_signal(stop.received)

@@ -1,4 +1,4 @@
-"""Training losses of the paper: a pixel loss plus a log-SSIM term, and its learning-rate schedules."""
+"""Training losses of the paper (a pixel loss plus a log-SSIM term), the weights' optimisers and learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -32,6 +32,36 @@ def search_lr(epoch: float, total: int, lr: float, lr_min: float, cycle: int, po
     return lr_min + max(envelope - lr_min, 0.0) * cosine
 
 
-def poly_lr(step: int, total: int, lr: float, power: float) -> float:
-    """Retraining schedule: poly(power) decay from ``lr`` to 0 over ``total`` steps."""
-    return lr * (1 - step / total) ** power
+def retrain_lr(step: int, total: int, lr: float, schedule: str, power: float) -> float:
+    """Retraining learning rate at ``step`` of ``total``.
+
+    ``poly``: the paper's decay, ``lr * (1 - t) ** power``; ``cosine``: half a cosine from ``lr`` to 0;
+    ``onecycle``: a linear warm-up from ``lr / 25`` over the first 30% of the steps, then a cosine to 0
+    (Smith's one-cycle shape, which lets Adam start at a learning rate that would diverge from random weights).
+    """
+    t = min(step / total, 1.0)
+    if schedule == "poly":
+        return lr * (1 - t) ** power
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "onecycle":
+        if t < ONECYCLE_WARMUP:
+            return lr * (1 + 24 * t / ONECYCLE_WARMUP) / 25
+        return lr * 0.5 * (1 + math.cos(math.pi * (t - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP)))
+    raise ValueError(f"unknown schedule {schedule!r}: expected poly, cosine or onecycle")
+
+
+ONECYCLE_WARMUP = 0.3
+"""Fraction of a one-cycle schedule spent warming up (PyTorch's OneCycleLR default)."""
+
+
+def weight_optimizer(params: list[torch.nn.Parameter], name: str, lr: float, momentum: float,
+                     weight_decay: float) -> torch.optim.Optimizer:
+    """``sgd`` (the paper's, with momentum), ``adam`` (L2 penalty in the gradient) or ``adamw`` (decoupled decay)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}: expected sgd, adam or adamw")

@@ -39,6 +39,9 @@ class RunConfig:
     patch: int = 64
     """Training patch side; for SR the low-resolution side."""
     lr_power: float = 0.9
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    """The weights' optimiser: ``sgd`` with ``momentum`` (the paper's), ``adam`` or ``adamw`` (the search's architecture
+    parameters always use Adam, as the paper's)."""
     momentum: float = 0.9
     grad_clip: float = 0.0
     """Clip the norm of the weights' gradient to this (0: no clipping, as the paper's search; its retraining uses 5)."""
@@ -145,8 +148,16 @@ class TrainConfig(RunConfig):
     rescale: tuple[float, ...] = (0.8, 1.2)
     """Random rescale range for denoising patches; empty turns it off."""
     iterations: int = 600_000
+    minutes: float = 0.0
+    """Train for about this many minutes of training steps instead of ``iterations`` (which stays the ceiling; 0:
+    exactly ``iterations``). The step time is measured over 20 steps early in the run and fixes the number of
+    iterations, which the checkpoint keeps, so a resumed run continues the same schedule. Validations come on top.
+    This is how networks of different speed get the same CPU-time budget."""
     val_every: int = 1000
     lr: float = 0.05
+    schedule: Literal["poly", "cosine", "onecycle"] = "poly"
+    """Learning rate over the run (:func:`hinas.engine.losses.retrain_lr`): the paper's ``poly`` (power ``lr_power``),
+    ``cosine``, or ``onecycle`` (warm-up over 30%, then cosine)."""
     weight_decay: float = 4e-5
     grad_clip: float = 5.0
     ssim_weight: float = 0.6
@@ -154,7 +165,7 @@ class TrainConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive(self, "filters", "batch", "iterations", "val_every", "val_images")
-        _non_negative(self, "sigma", "lr", "weight_decay", "scale")
+        _non_negative(self, "sigma", "lr", "weight_decay", "scale", "minutes")
         if self.scale not in (0, *SR_SCALES):
             raise ConfigError(f"train.scale: {self.scale} is not valid; 0 keeps the genotype's, or choose one of {SR_SCALES}")
         if self.rescale and (len(self.rescale) != 2 or not 0 < self.rescale[0] <= self.rescale[1]):

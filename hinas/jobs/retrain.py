@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from hinas.data.images import PatchDataset, in_memory, load_images, split_images
 from hinas.engine.checkpoint import Progress, loader_generator
 from hinas.engine.guard import checked_step
 from hinas.engine.loop import Job, fit
-from hinas.engine.losses import poly_lr
+from hinas.engine.losses import retrain_lr, weight_optimizer
 from hinas.engine.settings import TrainConfig
 from hinas.errors import ConfigError
 from hinas.eval.metrics import convention_for
@@ -48,9 +49,19 @@ class TrainProgress(Progress):
     """Training losses since the last validation."""
     best: dict[str, Any] | None = None
     """The history record of the best validation so far (its weights are ``best.pt``)."""
+    planned: int = 0
+    """Iterations this run takes: ``iterations``, or with ``minutes`` what fits once the step time is measured (0 until then)."""
+    step_seconds: float = 0.0
+    """The measured seconds per training step that fixed ``planned`` (``minutes`` runs)."""
 
     def position(self) -> str:
         return f"iteration {self.iteration}"
+
+
+WARM_STEPS = 5
+"""Steps a ``minutes`` run takes before timing (first calls allocate and warm caches)."""
+TIMED_STEPS = 20
+"""Steps a ``minutes`` run times to fix its number of iterations."""
 
 
 class RetrainJob(Job[TrainProgress, dict[str, Any]]):
@@ -62,6 +73,7 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
 
     def prepare(self) -> None:
         cfg = self.cfg
+        self._timer: tuple[int, float] | None = None
         self.genotype = resolve_genotype(cfg) if cfg.model == "hinas" else None
         space = self.genotype.space if self.genotype is not None else None
         task, scale, channels = (space.task, space.scale, space.in_channels) if space else (DnCNN.task, DnCNN.scale, 1)
@@ -90,7 +102,7 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
     def make_optimizers(self, model: nn.Module) -> dict[str, torch.optim.Optimizer]:
         cfg = self.cfg
         self.params = list(model.parameters())
-        return {"weights": torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)}
+        return {"weights": weight_optimizer(self.params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)}
 
     def opened(self) -> None:
         if self.genotype is not None:
@@ -99,11 +111,15 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
     def start_record(self) -> dict[str, Any]:
         return {"params": count_params(self.model), "train_images": self.train_count, "val_images": len(self.val_imgs)}
 
+    def total(self, state: TrainProgress) -> int:
+        """The run's length in iterations (before a ``minutes`` run has timed its steps: the ``iterations`` ceiling)."""
+        return state.planned or self.cfg.iterations
+
     def steps(self, state: TrainProgress) -> tuple[int, int]:
-        return state.iteration, self.cfg.iterations
+        return state.iteration, self.total(state)
 
     def finished(self, state: TrainProgress) -> bool:
-        return state.iteration >= self.cfg.iterations
+        return state.iteration >= self.total(state)
 
     def batches(self, state: TrainProgress) -> Iterable[Any]:
         self.model.train()
@@ -112,19 +128,42 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
 
     def step(self, state: TrainProgress, batch: Any) -> None:
         cfg, opt = self.cfg, self.optimizers["weights"]
+        if not state.planned:
+            self._plan(state)
         for group in opt.param_groups:
-            group["lr"] = poly_lr(state.iteration, cfg.iterations, cfg.lr, cfg.lr_power) * state.lr_scale
+            group["lr"] = retrain_lr(state.iteration, self.total(state), cfg.lr, cfg.schedule, cfg.lr_power) * state.lr_scale
         state.losses.append(checked_step(self.loss(*batch), opt, self.grad_scaler, self.params, f"step at {state.position()}",
                                          clip=cfg.grad_clip, sync=self.ctx.sync_grads, any_rank=self.ctx.any_rank))
         state.iteration += 1
 
+    def _plan(self, state: TrainProgress) -> None:
+        """Fix ``state.planned``: ``iterations``, or for a ``minutes`` budget the iterations that fit at the step time
+        measured over ``TIMED_STEPS`` steps after ``WARM_STEPS`` (every rank agrees on the mean)."""
+        cfg = self.cfg
+        if not cfg.minutes:
+            state.planned = cfg.iterations
+            return
+        if state.iteration < WARM_STEPS:
+            return
+        if self._timer is None:
+            self._timer = (state.iteration, perf_counter())
+            return
+        first, start = self._timer
+        if state.iteration - first < TIMED_STEPS:
+            return
+        state.step_seconds = self.ctx.average([(perf_counter() - start) / (state.iteration - first)])[0]
+        state.planned = max(state.iteration + 1, min(cfg.iterations, round(cfg.minutes * 60 / state.step_seconds)))
+        self.run.log(event="planned", iterations=state.planned, step_seconds=state.step_seconds)
+        self.bar.total = state.planned
+        self.bar.refresh()
+
     def phase_over(self, state: TrainProgress) -> bool:
-        return state.iteration >= self.cfg.iterations
+        return self.finished(state)
 
     def after_step(self, state: TrainProgress) -> bool:
         """Validate every ``val_every`` iterations and at the last; keep the best weights in ``best.pt``."""
         it = state.iteration
-        if it % self.cfg.val_every and it != self.cfg.iterations:
+        if it % self.cfg.val_every and it != self.total(state):
             return False
         val = self.ctx.evaluate(self.model, self.val_imgs, **self.val_kw)
         losses = self.ctx.average(state.losses)
@@ -152,7 +191,8 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
             "params": n_params, "params_m": n_params / 1e6,
             "gflops_256": count_flops(model, (1, self.channels, 256 // self.scale, 256 // self.scale)) / 1e9,
             "best_iteration": best["iteration"], "val_psnr": best["val_psnr"], "val_ssim": best["val_ssim"],
-            "input_psnr": best["input_psnr"], "iterations": cfg.iterations, "rollbacks": state.rollbacks,
+            "input_psnr": best["input_psnr"], "iterations": state.iteration, "rollbacks": state.rollbacks,
+            "optimizer": cfg.optimizer, "schedule": cfg.schedule, "step_seconds": state.step_seconds or None,
             "seconds": self.ckpt.seconds(), **self.facts,
             "convention": dataclasses.asdict(convention_for(self.task, self.scale)),
         }

@@ -26,7 +26,7 @@ from hinas.engine import distributed
 from hinas.engine.checkpoint import Progress, loader_generator
 from hinas.engine.guard import checked_step
 from hinas.engine.loop import Job, fit
-from hinas.engine.losses import search_lr
+from hinas.engine.losses import search_lr, weight_optimizer
 from hinas.engine.rundir import RunDir
 from hinas.engine.settings import SearchConfig
 from hinas.errors import CollapseError, ConfigError, RenderError
@@ -121,7 +121,7 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
     def make_optimizers(self, model: nn.Module) -> dict[str, torch.optim.Optimizer]:
         cfg = self.cfg
         self.weights, self.arch = model.weight_parameters(), model.arch_parameters()
-        return {"weights": torch.optim.SGD(self.weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+        return {"weights": weight_optimizer(self.weights, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay),
                 "arch": torch.optim.Adam(self.arch, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)}
 
     def opened(self) -> None:

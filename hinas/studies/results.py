@@ -29,7 +29,7 @@ from hinas.engine.settings import EvalConfig, SearchConfig, TrainConfig, resolve
 from hinas.files import write_json
 from hinas.nas.complexity import count_flops, count_params
 from hinas.nas.genotype import Genotype, compare, random_genotype
-from hinas.studies.aggregate import spread
+from hinas.studies.aggregate import bootstrap_difference, spread
 
 VARIANTS = ("lwas", "tied", "independent")
 """Cell sharing of a HiNAS search: per layer (the paper), one cell for the whole net, one per (layer, width)."""
@@ -49,6 +49,9 @@ class Profile:
     order: tuple[tuple[str, int], ...] = (("denoise", 25), ("denoise", 50), ("sr", 2), ("sr", 4))
     """(task, noise level or scale) blocks in the order they run, so that a deadline cuts the last ones."""
     seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of the ``lwas`` searches (denoising, and SR at each scale)."""
+    variant_seeds: int = 1
+    """How many of ``seeds`` the ``tied`` and ``independent`` searches take."""
     randoms: int = 3
     sr_patch: int = 64
     """High-resolution side of SR training patches (the low-resolution side is this over the scale)."""
@@ -131,7 +134,7 @@ def _denoise_searches(p: Profile, root: list[str]) -> list[Job]:
     """One search per sharing variant (``p.seeds`` of them for lwas) over all of ``p.sigmas``, and the random draws."""
     jobs = []
     for variant in VARIANTS:
-        for seed in p.seeds if variant == "lwas" else p.seeds[:1]:
+        for seed in p.seeds if variant == "lwas" else p.seeds[:p.variant_seeds]:
             cfg = resolve(SearchConfig, p.search_preset, overrides=[
                 *root, f"data={p.denoise_search_data}", f"sigmas={list(p.sigmas)}", f"val_sigma={p.sigmas[0]}", f"seed={seed}",
                 f"space.sharing={variant}", *p.search])
@@ -141,23 +144,24 @@ def _denoise_searches(p: Profile, root: list[str]) -> list[Job]:
 
 
 def _sr_search(p: Profile, root: list[str], scale: int) -> list[Job]:
-    cfg = resolve(SearchConfig, p.search_preset, overrides=[
-        *root, f"data={p.sr_data}", "space.task=sr", f"space.scale={scale}", f"patch={p.sr_patch // scale}",
-        *p.search, *p.search_sr])
-    return [Job("search", f"search/sr-x{scale}", cfg),
-            *[Job("genotype", f"genotype/sr-x{scale}-random-{i}", (cfg.space, i)) for i in range(p.randoms)]]
+    """One ``lwas`` search per seed at ``scale``, and the random draws."""
+    cfgs = [resolve(SearchConfig, p.search_preset, overrides=[
+        *root, f"data={p.sr_data}", "space.task=sr", f"space.scale={scale}", f"patch={p.sr_patch // scale}", f"seed={seed}",
+        *p.search, *p.search_sr]) for seed in p.seeds]
+    return [*[Job("search", f"search/sr-x{scale}-s{seed}", cfg) for seed, cfg in zip(p.seeds, cfgs)],
+            *[Job("genotype", f"genotype/sr-x{scale}-random-{i}", (cfgs[0].space, i)) for i in range(p.randoms)]]
 
 
 def _models(p: Profile, task: str, level: int) -> list[tuple[str, dict[str, Any], list[str], str]]:
     """(name, description, retrain overrides, the run it needs) of every model retrained at one noise level or scale."""
     if task == "sr":
-        found = f"search/sr-x{level}"
-        models = [("hinas-lwas", {"family": "hinas", "variant": "lwas", "seed": 0}, [f"genotype={found}"], found)]
+        models = [(f"hinas-lwas-s{seed}", {"family": "hinas", "variant": "lwas", "seed": seed},
+                   [f"genotype=search/sr-x{level}-s{seed}"], f"search/sr-x{level}-s{seed}") for seed in p.seeds]
         prefix = f"genotype/sr-x{level}-random"
     else:
         models = []
         for variant in VARIANTS:
-            for seed in p.seeds if variant == "lwas" else p.seeds[:1]:
+            for seed in p.seeds if variant == "lwas" else p.seeds[:p.variant_seeds]:
                 found = f"search/denoise-{variant}-s{seed}"
                 models.append((f"hinas-{variant}-s{seed}", {"family": "hinas", "variant": variant, "seed": seed},
                                [f"genotype={found}"], found))
@@ -391,16 +395,25 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def search_beats_random(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (task, level, set): HiNAS (lwas) mean PSNR minus the random architectures' mean, and whether it beats their best."""
-    table = {(s["task"], s["level"], s["set"], s["group"]): s for s in summary}
+def search_beats_random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (task, level, set) and group (each HiNAS variant, DnCNN-17): its mean PSNR minus the random architectures',
+    with a 95% percentile-bootstrap interval (:func:`hinas.studies.aggregate.bootstrap_difference`), and whether its
+    mean beats the best random architecture."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        name = r["variant"] if r["family"] == "hinas" else r["family"]
+        for s in sets_of([r]):
+            groups.setdefault((r["task"], r["level"], s, name), []).append(r[f"{s}/psnr"])
     out = []
-    for (task, level, name, group), s in table.items():
-        rnd = table.get((task, level, name, "random"))
-        if group != "lwas" or rnd is None:
+    for (task, level, name, group), values in groups.items():
+        rnd = groups.get((task, level, name, "random"))
+        if group in ("random", "bicubic") or rnd is None:
             continue
-        out.append({"task": task, "level": level, "set": name, "hinas_mean": s["mean"], "random_mean": rnd["mean"],
-                    "random_best": rnd["max"], "gain_db": s["mean"] - rnd["mean"], "beats_best_random": s["mean"] > rnd["max"]})
+        ci = bootstrap_difference(values, rnd)
+        out.append({"task": task, "level": level, "set": name, "group": group, "n": len(values), "n_random": len(rnd),
+                    "mean": statistics.fmean(values), "random_mean": statistics.fmean(rnd), "random_best": max(rnd),
+                    "gain_db": ci["diff"], "ci_low": ci["low"], "ci_high": ci["high"],
+                    "beats_best_random": statistics.fmean(values) > max(rnd)})
     return out
 
 

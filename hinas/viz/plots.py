@@ -156,6 +156,18 @@ def plot_training(history: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], xlabel: str, ylabel: str, title: str = "") -> Figure:
+    """Named (x, y) curves on one axis, e.g. validation PSNR against training minutes for several recipes."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in curves.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], marker=".", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_comparison(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], crop: int = 96) -> Figure:
     """Per row (name, degraded, restored, target): centre crops side by side and the absolute error maps.
 
