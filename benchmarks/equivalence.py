@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-TIMINGS = {"seconds", "time", "elapsed"}
+TIMINGS = {"seconds", "time", "elapsed", "cpu_seconds", "cpu_elapsed"}
 
 
 def _digest(path: Path) -> str:

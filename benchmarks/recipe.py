@@ -35,12 +35,10 @@ RECIPES: dict[str, tuple[str, ...]] = {
 """Name -> overrides on top of the ``cpu-demo`` retraining preset and ``BASE``."""
 SECOND = {
     "patch 64": ("patch=64",),
-    "patch 24 batch 24": ("patch=24", "batch=24"),
     "batch 16": ("batch=16",),
     "mse only": ("ssim_weight=0",),
     "l1": ("pixel_loss=l1", "ssim_weight=0"),
     "F=16": ("filters=16",),
-    "no rescale": ("rescale=[]",),
 }
 """Changes tried on top of the best first-wave recipe (``--base-recipe``)."""
 
@@ -56,7 +54,8 @@ def run(name: str, overrides: tuple[str, ...], genotype: Path, minutes: float, t
     history = json.loads((folder / "history.json").read_text())
     return {"name": name, "overrides": list(overrides), "val_psnr": metrics["val_psnr"], "iterations": metrics["iterations"],
             "step_seconds": metrics["step_seconds"], "seconds": metrics["seconds"],
-            "curve": [(r["seconds"], r["val_psnr"]) for r in history]}
+            "cpu_seconds": metrics.get("cpu_seconds"), "curve": [(r["seconds"], r["val_psnr"]) for r in history],
+            "cpu_curve": [(r["cpu_seconds"], r["val_psnr"]) for r in history if "cpu_seconds" in r]}
 
 
 def main() -> None:

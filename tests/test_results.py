@@ -63,10 +63,11 @@ def test_every_model_of_a_level_gets_the_same_retraining_budget():
             "retrain/denoise-sigma25/hinas-lwas-s0")
         for task, level in profile.order:
             trained = [j for j in jobs if j.kind == "retrain" and j.info["task"] == task and j.info["level"] == level]
-            budgets = {(j.cfg.iterations, j.cfg.batch, j.cfg.patch, j.cfg.lr, j.cfg.data) for j in trained}
+            budgets = {(j.cfg.iterations, j.cfg.minutes, j.cfg.batch, j.cfg.patch, j.cfg.lr, j.cfg.data) for j in trained}
             assert len(budgets) == 1, (task, level, budgets)
             families = [j.info["family"] for j in trained]
             assert families.count("random") == profile.randoms and families.count("hinas") >= 1
+            assert families.count("hinas") == len(profile.seeds) + (2 * profile.variant_seeds if task == "denoise" else 0)
             assert ("dncnn" in families) == (task == "denoise")
 
 

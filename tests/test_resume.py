@@ -79,10 +79,10 @@ def spawn(args: list[str], signal_in_write: tuple[str, int] | None = None) -> su
 
 
 def same_run(a: Path, b: Path) -> None:
-    """Equal bit for bit but for wall-clock times: history, metrics, genotype, final weights, optimisers, scaler, RNGs."""
+    """Equal bit for bit but for wall-clock and CPU times: history, metrics, genotype, final weights, optimisers, scaler, RNGs."""
     def without_time(obj):
         if isinstance(obj, dict):
-            return {k: without_time(v) for k, v in obj.items() if k not in ("seconds", "elapsed")}
+            return {k: without_time(v) for k, v in obj.items() if k not in ("seconds", "elapsed", "cpu_seconds", "cpu_elapsed")}
         return [without_time(v) for v in obj] if isinstance(obj, list) else obj
 
     for name in ("history.json", "metrics.json", "genotype.json"):

@@ -48,6 +48,9 @@ class Progress:
     rollbacks: int = 0
     elapsed: float = 0.0
     """Seconds spent computing, carried across interruptions (time spent stopped is not counted)."""
+    cpu_elapsed: float = 0.0
+    """CPU seconds of this process (all its threads) so far, carried across interruptions: the cost that stays
+    comparable when other work shares the machine."""
 
     def position(self) -> str:
         raise NotImplementedError
@@ -197,13 +200,18 @@ class Checkpointer:
         self.path = run / CHECKPOINT
         self.saved_at = ""
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def seconds(self) -> float:
         """Computing time of the run so far, across interruptions."""
         return time.perf_counter() - self._start
 
+    def cpu_seconds(self) -> float:
+        """CPU time of the run so far (every thread of this process), across interruptions."""
+        return time.process_time() - self._cpu_start
+
     def save(self, state: Progress) -> None:
-        state.elapsed = self.seconds()
+        state.elapsed, state.cpu_elapsed = self.seconds(), self.cpu_seconds()
         atomic_torch_save({
             "format": FORMAT, "version": VERSION, "kind": self.kind, "config": to_dict(self.cfg), "code": code_version(),
             "model": self.model.state_dict(), "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -221,6 +229,7 @@ class Checkpointer:
     def resumed(self, state: Progress, saved: dict[str, Any]) -> None:
         """Continue the clock of a run restored from ``saved``, record its settings and log the resumption."""
         self._start = time.perf_counter() - state.elapsed
+        self._cpu_start = time.process_time() - state.cpu_elapsed
         self.saved_at = state.position()
         self.run.write_config(self.cfg)
         self.run.log(event="resume", position=state.position(), changed=differences(saved["config"], to_dict(self.cfg)))

@@ -170,7 +170,8 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
         record = {"iteration": it, "train_loss": sum(losses) / len(losses),
                   "lr": self.optimizers["weights"].param_groups[0]["lr"],
                   "val_psnr": val["psnr"], "val_ssim": val["ssim"], "input_psnr": val["input_psnr"],
-                  "score": score(val["psnr"], val["ssim"]), "seconds": self.ckpt.seconds()}
+                  "score": score(val["psnr"], val["ssim"]), "seconds": self.ckpt.seconds(),
+                  "cpu_seconds": self.ckpt.cpu_seconds()}
         state.losses = []
         state.history.append(record)
         self.run.log(event="validation", **record)
@@ -193,7 +194,7 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
             "best_iteration": best["iteration"], "val_psnr": best["val_psnr"], "val_ssim": best["val_ssim"],
             "input_psnr": best["input_psnr"], "iterations": state.iteration, "rollbacks": state.rollbacks,
             "optimizer": cfg.optimizer, "schedule": cfg.schedule, "step_seconds": state.step_seconds or None,
-            "seconds": self.ckpt.seconds(), **self.facts,
+            "seconds": self.ckpt.seconds(), "cpu_seconds": self.ckpt.cpu_seconds(), **self.facts,
             "convention": dataclasses.asdict(convention_for(self.task, self.scale)),
         }
         write_json(run / "metrics.json", metrics)

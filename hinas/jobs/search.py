@@ -203,7 +203,7 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
             **collapse_indicators(model, genotype),
             "path": list(genotype.path), "cells": genotype.to_dict()["cells"],
             "alpha": model.alpha_probs().tolist(), "beta": model.beta_probs().tolist(),
-            "seconds": self.ckpt.seconds(),
+            "seconds": self.ckpt.seconds(), "cpu_seconds": self.ckpt.cpu_seconds(),
         }
         if self.latency is not None:
             with torch.no_grad():
@@ -237,7 +237,7 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
             "best_epoch": best_epoch, "val_psnr": picked["val_psnr"], "val_ssim": picked["val_ssim"], "score": picked["score"],
             "skip_ops": picked["skip_ops"], "epochs": cfg.epochs, "epochs_run": len(state.history),
             "stopped_early": state.stopped or None, "rollbacks": state.rollbacks, "steps": len(state.history) * self.per_epoch,
-            "seconds": self.ckpt.seconds(), **self.facts, "supernet_params": count_params(model),
+            "seconds": self.ckpt.seconds(), "cpu_seconds": self.ckpt.cpu_seconds(), **self.facts, "supernet_params": count_params(model),
             **{k: v for k, v in chosen.meta.items() if k.startswith("latency")},
             "genotype": chosen.to_dict(), "convention": dataclasses.asdict(convention_for(space.task, space.scale)),
         }
