@@ -8,7 +8,8 @@ budget for all (``--iterations`` steps of batch 8, 48x48 patches, one thread); e
 same sets and noise.
 
 Resumable: a run or evaluation whose metrics.json exists in ``--out`` (under runs/, git-ignored) is not redone;
-an interrupted retrain starts again. Writes benchmarks/results/precision_accuracy.json and prints a table.
+an interrupted retrain starts again; ``--collect`` trains nothing and reports the runs finished so far (while
+another instance is still training, say). Writes benchmarks/results/precision_accuracy.json and prints a table.
 
     nice -n 5 python benchmarks/precision_accuracy.py [--out runs/precision_accuracy] [--seeds 3] [--iterations 200]
 """
@@ -51,8 +52,10 @@ def genotype_file(out: Path) -> Path:
     return path
 
 
-def retrain(out: Path, genotype: Path, precision: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def retrain(out: Path, genotype: Path, precision: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
     run = out / f"{precision}-seed{seed}"
+    if args.collect and not (run / "eval" / "metrics.json").exists():
+        return None
     if not (run / "metrics.json").exists():
         settings = {"data": "Train400", "data_root": args.data_root, "sigma": SIGMA, "filters": 20, "batch": 8, "patch": 48,
                     "iterations": args.iterations, "val_every": max(1, args.iterations // 3), "val_images": 4,
@@ -102,21 +105,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--data-root", default="/work/shared/datasets")
+    parser.add_argument("--collect", action="store_true", help="train nothing: report the finished runs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     genotype = genotype_file(args.out)
     runs = []
     for seed in range(args.seeds):  # interleaved, so a stopped run leaves pairs
         for precision in PRECISIONS:
-            runs.append(retrain(args.out, genotype, precision, seed, args))
-            r = runs[-1]
+            r = retrain(args.out, genotype, precision, seed, args)
+            if r is None:
+                continue
+            runs.append(r)
             print(f"{precision:8s} seed {seed}: " + "  ".join(f"{s} {r['psnr'][s]:.3f} dB" for s in RETRAIN_SETS)
                   + f"  ({r['seconds']:.0f} s)", flush=True)
     summary = {}
     for s in RETRAIN_SETS:
-        means = {p: statistics.mean(r["psnr"][s] for r in runs if r["precision"] == p) for p in PRECISIONS}
-        summary[s] = {**{f"mean_{p}": v for p, v in means.items()}, "bf16_minus_float32": means["bf16"] - means["float32"]}
-    infer = inference(args.out / "float32-seed0", args)
+        done = {p: [r["psnr"][s] for r in runs if r["precision"] == p] for p in PRECISIONS}
+        means = {p: statistics.mean(v) if v else float("nan") for p, v in done.items()}
+        summary[s] = {**{f"mean_{p}": v for p, v in means.items()}, **{f"seeds_{p}": len(v) for p, v in done.items()},
+                      "bf16_minus_float32": means["bf16"] - means["float32"]}
+    infer = inference(args.out / "float32-seed0", args) if (args.out / "float32-seed0" / "best.pt").exists() else None
     setup = {"genotype": "sep_conv_3x3 x2 per node, path [0,0,0], paper-denoise space", "filters": 20, "data": "Train400",
              "sigma": SIGMA, "batch": 8, "patch": 48, "iterations": args.iterations, "threads": 1, "seeds": args.seeds}
     RESULTS.mkdir(exist_ok=True)
@@ -126,11 +134,14 @@ def main() -> None:
     print(f"\n(a) retrain {args.iterations} steps, PSNR at sigma {SIGMA:g} (float32 inference form)")
     print(f"{'seed':>4s} " + " ".join(f"{s + ' ' + p:>16s}" for s in RETRAIN_SETS for p in PRECISIONS))
     for seed in range(args.seeds):
-        row = {(r["precision"]): r for r in runs if r["seed"] == seed}
-        print(f"{seed:4d} " + " ".join(f"{row[p]['psnr'][s]:16.3f}" for s in RETRAIN_SETS for p in PRECISIONS))
+        row = {(r["precision"]): r["psnr"] for r in runs if r["seed"] == seed}
+        print(f"{seed:4d} " + " ".join(f"{row[p][s]:16.3f}" if p in row else f"{'-':>16s}" for s in RETRAIN_SETS
+                                       for p in PRECISIONS))
     print(" mean " + " ".join(f"{summary[s]['mean_' + p]:15.3f}" for s in RETRAIN_SETS for p in PRECISIONS))
     for s in RETRAIN_SETS:
         print(f"{s}: mean bf16 - mean float32 = {summary[s]['bf16_minus_float32']:+.3f} dB")
+    if infer is None:
+        return
     print(f"\n(b) inference of {infer['network']}: bf16 against float32")
     for s in SETS:
         r = infer[s]
