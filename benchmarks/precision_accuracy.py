@@ -7,9 +7,10 @@ budget for all (``--iterations`` steps of batch 8, 48x48 patches, one thread); e
 (b) the seed-0 float32 network's inference form in float32 and in bf16 (``InferenceModel(precision=...)``) on the
 same sets and noise.
 
-Resumable: a run or evaluation whose metrics.json exists in ``--out`` (under runs/, git-ignored) is not redone;
-an interrupted retrain starts again; ``--collect`` trains nothing and reports the runs finished so far (while
-another instance is still training, say). Writes benchmarks/results/precision_accuracy.json and prints a table.
+Resumable: a run or evaluation whose metrics.json exists in ``--out`` (under runs/, git-ignored), and the
+inference comparison once in its inference.json, are not redone; an interrupted retrain starts again. ``--collect``
+trains nothing and reports the runs finished so far (while another instance is still training, say).
+Writes benchmarks/results/precision_accuracy.json and prints a table.
 
     nice -n 5 python benchmarks/precision_accuracy.py [--out runs/precision_accuracy] [--seeds 3] [--iterations 200]
 """
@@ -124,7 +125,12 @@ def main() -> None:
         means = {p: statistics.mean(v) if v else float("nan") for p, v in done.items()}
         summary[s] = {**{f"mean_{p}": v for p, v in means.items()}, **{f"seeds_{p}": len(v) for p, v in done.items()},
                       "bf16_minus_float32": means["bf16"] - means["float32"]}
-    infer = inference(args.out / "float32-seed0", args) if (args.out / "float32-seed0" / "best.pt").exists() else None
+    infer, cached = None, args.out / "inference.json"
+    if cached.exists():
+        infer = json.loads(cached.read_text())
+    elif (args.out / "float32-seed0" / "eval" / "metrics.json").exists():
+        infer = inference(args.out / "float32-seed0", args)
+        cached.write_text(json.dumps(infer, indent=1) + "\n")
     setup = {"genotype": "sep_conv_3x3 x2 per node, path [0,0,0], paper-denoise space", "filters": 20, "data": "Train400",
              "sigma": SIGMA, "batch": 8, "patch": 48, "iterations": args.iterations, "threads": 1, "seeds": args.seeds}
     RESULTS.mkdir(exist_ok=True)
