@@ -2,7 +2,9 @@
 
 For each configuration a fresh subprocess builds the model, takes warm-up steps (a compiled step's first
 call compiles: its time is reported as "compile s") and then ``--steps`` timed ones; it reports the median
-wall time, the process CPU time per step and the peak RSS. Configurations:
+wall time, the process CPU time per step and the peak RSS. Speed-ups are ratios of CPU time (wall time varies
+with whatever else the machine runs); the compiled form is added for the eager form with the least CPU time.
+Rows are written to the JSON as they come, so a stopped run keeps what it measured. Configurations:
 
 - search: the paper's denoising supernet (L=3, B=4, F=10, gray), batch 6 of 64x64: one architecture step
   (Adam on alphas and betas) and one weight step (SGD), as the search alternates them;
@@ -102,12 +104,12 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
 
-    compile_s = 0.0
+    compile_s = compile_cpu_s = 0.0
     if spec["compiled"]:
         step = torch.compile(step)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), _cpu_time()
         step()
-        compile_s = time.perf_counter() - start
+        compile_s, compile_cpu_s = time.perf_counter() - start, _cpu_time() - start_cpu
     step()
     walls, cpus = [], []
     for _ in range(spec["steps"]):
@@ -116,12 +118,22 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
     return {"s_per_step": statistics.median(walls), "cpu_s": statistics.median(cpus), "compile_s": compile_s,
-            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "compile_cpu_s": compile_cpu_s, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def run(spec: dict[str, Any], checkout: Path) -> dict[str, Any]:
+def _cpu_time() -> float:
+    """CPU seconds of this process and its finished children (inductor compiles in worker processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run(spec: dict[str, Any], checkout: Path, timeout: float = 1800) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": str(spec["threads"])}
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True, text=True)
+    try:
+        done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"over {timeout:.0f} s"}
     if done.returncode:
         return {**spec, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return {**spec, **json.loads(done.stdout.strip().splitlines()[-1])}
@@ -147,22 +159,26 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    rows = []
+    rows: list[dict[str, Any]] = []
+    meta = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "steps": args.steps}
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(_line(row), flush=True)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "train_step.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+
     for spec in configurations(args.steps, args.threads, args.quick):
         if args.base and spec["precision"] == "float32" and spec["layout"] == "nchw":  # the previous engine's CPU default
-            rows.append({**run(spec, args.base), "checkout": "base"})
-        rows.append({**run(spec, ROOT), "checkout": "this"})
-        print(_line(rows[-1]), flush=True)
+            add({**run(spec, args.base), "checkout": "base"})
+        add({**run(spec, ROOT), "checkout": "this"})
     if not args.quick:
         for phase, net in dict.fromkeys((r["phase"], r["net"]) for r in rows):
             mine = [r for r in rows if (r["phase"], r["net"], r["checkout"]) == (phase, net, "this") and "error" not in r]
-            best = min(mine, key=lambda r: r["s_per_step"])
-            rows.append({**run({**best, "compiled": True}, ROOT), "checkout": "this"})
-            print(_line(rows[-1]), flush=True)
+            best = min(mine, key=lambda r: r["cpu_s"])  # CPU time: wall time varies with the machine's other load
+            spec = {k: best[k] for k in ("phase", "net", "precision", "layout", "steps", "threads")}
+            add({**run({**spec, "compiled": True}, ROOT), "checkout": "this"})
     _table(rows)
-    RESULTS.mkdir(exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "steps": args.steps}
-    (RESULTS / "train_step.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -175,7 +191,7 @@ def _line(r: dict[str, Any]) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> None:
     """Per network: each row's speed-up over the base checkout's row (or this checkout's float32 NCHW eager)."""
-    print(f"\n{'network':26s} {'form':32s} {'s/step':>8s} {'speed-up':>9s} {'peak GB':>8s}")
+    print(f"\n{'network':26s} {'form':32s} {'s/step':>8s} {'cpu-s':>8s} {'cpu speed-up':>12s} {'compile s':>9s} {'peak GB':>8s}")
     for net in dict.fromkeys(r["net"] for r in rows):
         mine = [r for r in rows if r["net"] == net]
         ref = next((r for r in mine if r["checkout"] == "base" and "error" not in r), None) or next(
@@ -184,7 +200,8 @@ def _table(rows: list[dict[str, Any]]) -> None:
             if "error" in r:
                 continue
             form = f"{r['checkout']} {r['precision']} {r['layout']} {'compiled' if r['compiled'] else 'eager'}"
-            print(f"{net:26s} {form:32s} {r['s_per_step']:8.3f} {ref['s_per_step'] / r['s_per_step']:8.2f}x {r['peak_gb']:8.2f}")
+            print(f"{net:26s} {form:32s} {r['s_per_step']:8.3f} {r['cpu_s']:8.3f} {ref['cpu_s'] / r['cpu_s']:11.2f}x "
+                  f"{r['compile_s']:9.1f} {r['peak_gb']:8.2f}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
 """Precision and layout are chosen once, by the engine, per phase; bf16 stays close to float32; runs record what they used."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from conftest import small_space, uniform_genotype
 
+from hinas.cli import build_parser, settings
 from hinas.engine.settings import TrainConfig, resolve
 from hinas.errors import CheckpointError
 from hinas.hardware import amp_dtype, cpu_has_bf16, memory_layout
 from hinas.jobs.retrain import retrain
 from hinas.nas.genotype import Genotype
-from hinas.nas.network import Network
+from hinas.nas.network import Network, load_model
 from hinas.nas.space import preset
 
 CPU = torch.device("cpu")
@@ -74,3 +76,32 @@ def test_a_run_records_its_precision_and_layout_and_refuses_to_resume_under_othe
 
 def test_a_bare_off_read_by_yaml_as_false_selects_the_off_choice():
     assert resolve(TrainConfig, overrides=["amp=off"]).amp == "off"
+
+
+def test_compile_is_a_setting_read_from_yaml_and_the_command_line(tmp_path):
+    assert resolve(TrainConfig).compile is False
+    assert resolve(TrainConfig, overrides=["compile=true"]).compile is True
+    (tmp_path / "train.yaml").write_text("preset: smoke\ncompile: true\n")
+    assert resolve(TrainConfig, file=tmp_path / "train.yaml").compile is True
+    args = build_parser().parse_args(["retrain", "--preset", "smoke", "--set", "compile=true"])
+    assert settings(args).compile is True
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_compiled_retrain_saves_the_module_as_written_and_records_that_it_compiled(tmp_path, genotype_file):
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("torch.compile's CPU back-end needs a C++ compiler (c++ or g++ on PATH); none found")
+    overrides = ["device=cpu", f"genotype={genotype_file}", "iterations=2", "val_every=2"]
+    metrics = retrain(resolve(TrainConfig, "smoke", overrides=[*overrides, "compile=true"]), tmp_path / "c", progress=False)
+    assert metrics["compiled"] is True
+    plain = retrain(resolve(TrainConfig, "smoke", overrides=overrides), tmp_path / "e", progress=False)
+    assert plain["compiled"] is False
+    for name, key in (("checkpoint.pt", "model"), ("best.pt", "state_dict")):
+        weights = torch.load(tmp_path / "c" / name, weights_only=False)[key]
+        reference = torch.load(tmp_path / "e" / name, weights_only=False)[key]
+        assert not any("_orig_mod" in k for k in weights)
+        assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in reference.items()}
+    model = load_model(tmp_path / "c" / "best.pt")  # the ordinary loader, no compile
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 16, 16))
+    assert out.shape == (1, 1, 16, 16) and bool(torch.isfinite(out).all())

@@ -194,7 +194,7 @@ class Checkpointer:
     """
 
     def __init__(self, run: RunDir, kind: str, cfg: Any, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                 grad_scaler: torch.amp.GradScaler, facts: dict[str, str] | None = None) -> None:
+                 grad_scaler: torch.amp.GradScaler, facts: dict[str, Any] | None = None) -> None:
         self.run, self.kind, self.cfg, self.facts = run, kind, cfg, facts or {}
         self.model, self.optimizers, self.grad_scaler = model, optimizers, grad_scaler
         self.path = run / CHECKPOINT

@@ -48,7 +48,7 @@ R = TypeVar("R")
 class Job(ABC, Generic[P, R]):
     """One kind of training run (search, retrain): its data, model, optimisers, step and results.
 
-    :func:`fit` sets ``ctx``, ``amp``, ``layout``, ``model``, ``optimizers``, ``run``, ``ckpt`` and ``bar``
+    :func:`fit` sets ``ctx``, ``amp``, ``layout``, ``model``, ``step_model``, ``optimizers``, ``run``, ``ckpt`` and ``bar``
     before it calls anything past :meth:`build`, so the hooks can use them.
     """
 
@@ -59,9 +59,12 @@ class Job(ABC, Generic[P, R]):
     ctx: distributed.Context
     amp: torch.dtype | None
     layout: torch.memory_format
-    facts: dict[str, str]
-    """Device, precision and layout, for the run's metrics."""
+    facts: dict[str, Any]
+    """Device, precision, layout and whether the steps are compiled, for the run's metrics."""
     model: nn.Module
+    """The (replicated) module as written: checkpoints, evaluation and latency use it."""
+    step_model: nn.Module
+    """What the training steps call: ``model``, or its ``torch.compile`` form (same parameters) when ``compile`` is set."""
     optimizers: dict[str, torch.optim.Optimizer]
     grad_scaler: torch.amp.GradScaler
     run: RunDir
@@ -130,7 +133,7 @@ class Job(ABC, Generic[P, R]):
         x = x.to(self.device, non_blocking=True, memory_format=self.layout)
         y = y.to(self.device, non_blocking=True)
         with autocast(self.device, self.amp):
-            pred = self.model(x)
+            pred = self.step_model(x)
         cfg = self.cfg
         with exact_float32():
             return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, scale, batch_mean=self.ctx.batch_mean)
@@ -144,18 +147,20 @@ class Job(ABC, Generic[P, R]):
 @dataclass(frozen=True)
 class Start:
     """What a run knows once its inputs are checked: the checkpoint to resume (or None), this process's context,
-    whether it shows progress, and how it computes (device, precision, layout: resolved once, here)."""
+    whether it shows progress, and how it computes (device, precision, layout, compiled steps: resolved once, here)."""
 
     saved: dict[str, Any] | None
     ctx: distributed.Context
     progress: bool
     amp: torch.dtype | None
     layout: torch.memory_format
+    compiled: bool = False
 
-    def facts(self) -> dict[str, str]:
+    def facts(self) -> dict[str, Any]:
         """How the run computes, as its metrics and checkpoints record it."""
         layout = "channels_last" if self.layout == torch.channels_last else "nchw"
-        return {"device": self.ctx.device.type, "precision": precision_name(self.amp), "layout": layout}
+        return {"device": self.ctx.device.type, "precision": precision_name(self.amp), "layout": layout,
+                "compiled": self.compiled}
 
 
 def start_run(out: Path, kind: str, cfg: RunConfig, *, overwrite: bool, resume: bool, force: bool, progress: bool) -> Start:
@@ -169,7 +174,8 @@ def start_run(out: Path, kind: str, cfg: RunConfig, *, overwrite: bool, resume: 
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     prepare_device(ctx.device, cfg.deterministic)
-    start = Start(saved, ctx, progress and ctx.is_main, amp_dtype(ctx.device, cfg.amp, kind), memory_layout(ctx.device, kind))
+    start = Start(saved, ctx, progress and ctx.is_main, amp_dtype(ctx.device, cfg.amp, kind), memory_layout(ctx.device, kind),
+                  cfg.compile)
     then = (saved or {}).get("facts")
     if then and then != start.facts() and not force:
         changed = ", ".join(f"{k} {then.get(k)} -> {v}" for k, v in start.facts().items() if then.get(k) != v)
@@ -179,12 +185,16 @@ def start_run(out: Path, kind: str, cfg: RunConfig, *, overwrite: bool, resume: 
 
 
 def set_up(job: Job[Any, Any], start: Start) -> None:
-    """Give ``job`` its context, precision, layout, data, replicated model, optimisers and grad scaler, as ``fit`` does
-    (and benchmarks that time a job's steps without a run directory)."""
+    """Give ``job`` its context, precision, layout, data, replicated model (and its compiled form when asked), optimisers
+    and grad scaler, as ``fit`` does (and benchmarks that time a job's steps without a run directory).
+
+    The compiled form wraps the same module, so its parameters are the model's: state dicts, checkpoints and the
+    optimisers see no ``_orig_mod.`` prefix, and evaluation keeps the eager module (other shapes, no recompiles)."""
     ctx = job.ctx = start.ctx
     job.amp, job.layout, job.facts = start.amp, start.layout, start.facts()
     job.prepare()
     job.model = ctx.replicate(job.build().to(ctx.device)).to(memory_format=job.layout)
+    job.step_model = torch.compile(job.model) if start.compiled else job.model
     job.optimizers = job.make_optimizers(job.model)
     job.grad_scaler = torch.amp.GradScaler(ctx.device.type, enabled=job.amp is torch.float16)
 

@@ -53,6 +53,13 @@ class RunConfig:
     amp: Amp = "auto"
     """``auto``: bf16 where it is measured faster (CUDA; retraining on CPUs with AMX or AVX-512 bf16), else float32.
     The resolved precision is recorded in the run's metrics and checkpoints."""
+    compile: bool = False
+    """Run the training steps' forward and backward through ``torch.compile`` (inductor): fewer, fused kernels. It needs a
+    C++ compiler, and the first steps compile, for a minute or more on 2 CPU cores (again after a resume); checkpoints,
+    evaluation and latency use the module as written, so runs with and without it read each other's weights. Off by
+    default: in benchmarks/train_step.py (1 thread, bf16, whole step compiled) the retraining step at batch 24 ran
+    0.98-1.21x as fast as the best eager form (CPU time) after 83-336 s of compiling, and the search supernet's step
+    was still compiling after 22 min. Recorded as ``compiled`` in the run's metrics."""
     deterministic: bool = False
     """CUDA: deterministic kernels and no cuDNN autotuning, so that a resumed run repeats bit for bit (slower).
     CPU runs are deterministic anyway."""
