@@ -81,6 +81,22 @@ def memory_layout(device: torch.device, phase: str = "retrain") -> torch.memory_
     return torch.contiguous_format
 
 
+def bf16_on_cpu(x: torch.Tensor) -> bool:
+    """``x`` is computed in bf16 on a CPU (a bf16 tensor, or under CPU bf16 autocast)."""
+    return x.device.type == "cpu" and (x.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+
+
+def dilated_conv_operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dilated convolution's input and weight in the layout it must compute in: NCHW when computed in bf16 on a CPU
+    with gradients to follow, where oneDNN (torch 2.13) computes the weight gradient of a dilated convolution in
+    channels_last (chosen when either operand is) from uninitialised memory: errors up to 1e35, or NaN, dense and
+    depthwise alike. Unchanged elsewhere."""
+    if torch.is_grad_enabled() and bf16_on_cpu(x):
+        return x.contiguous(), weight.contiguous()
+    return x, weight
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Mixed precision in ``dtype`` on ``device``; None is plain float32."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

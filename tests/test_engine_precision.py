@@ -21,6 +21,22 @@ BF16_FORWARD_ATOL = 0.03
 """Largest output difference of a randomly initialised net, bf16 autocast against float32, on [0,1] images. bf16 keeps
 8 bits of mantissa (relative error 2^-9 per rounding); measured: about 0.01 for the small nets below."""
 
+GRAD_COSINE = 0.95
+"""Least cosine between all weights' bf16 and float32 gradients taken together (measured above 0.98 for the nets
+below). A single small weight's gradient may be mostly bf16 noise, but none may be far larger than in float32:
+the channels_last garbage of dilated convolutions was up to 1e35, or NaN."""
+GRAD_NORM_RATIO = 4.0
+
+
+def close_gradients(full: dict[str, torch.Tensor], half: dict[str, torch.Tensor]) -> None:
+    assert full.keys() == half.keys()
+    floor = 0.01 * max(g.norm() for g in full.values())  # weights whose true gradient is ~0 get bf16 noise
+    for name, g in full.items():
+        assert torch.isfinite(half[name]).all(), name
+        assert half[name].norm() <= GRAD_NORM_RATIO * g.norm() + floor, name
+    flat_full, flat_half = (torch.cat([v.flatten() for v in d.values()]) for d in (full, half))
+    assert torch.cosine_similarity(flat_half, flat_full, dim=0) > GRAD_COSINE
+
 
 def test_auto_precision_is_bf16_for_retraining_only_where_the_cpu_has_bf16(monkeypatch):
     monkeypatch.delenv("HINAS_NO_BF16", raising=False)
@@ -44,6 +60,50 @@ def test_bf16_forward_stays_close_to_float32_and_reconstructs_in_float32(task):
             half = net(x.contiguous(memory_format=torch.channels_last))
     assert half.dtype == torch.float32  # the residual add and the SR bicubic upscale leave autocast
     assert (half - full).abs().max() < BF16_FORWARD_ATOL
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 units: CPU retraining stays float32")
+def test_bf16_gradients_of_dilated_convolutions_match_float32_in_the_engines_retraining_form():
+    """bf16 channels_last, as the engine retrains on a CPU: every weight gets the float32 gradient to bf16 accuracy.
+    oneDNN's channels_last backward of dilated convolutions returned garbage (up to 1e35, NaN at some widths) on
+    torch 2.13, so :class:`hinas.nas.ops.DilatedConv2d` reads NCHW there."""
+    torch.manual_seed(0)
+    space = small_space(task="sr", scale=2, in_channels=1, filters=8)  # the SR decoder adds dilated depthwise ones
+    net = Network(uniform_genotype(space, "dil_conv_5x5", (0, 1, 1)), 12)
+    x, y = torch.rand(8, 1, 40, 40), torch.rand(8, 1, 80, 80)
+
+    def grads(dtype):
+        net.zero_grad()
+        layout = memory_layout(CPU, "retrain")
+        model = net.to(memory_format=layout)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            out = model(x.contiguous(memory_format=layout))
+        (out.float() - y).abs().mean().backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    full, half = grads(None), grads(torch.bfloat16)
+    close_gradients(full, half)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_supernet_in_cpu_bf16_gets_the_float32_gradients_of_its_dilated_convolutions():
+    """The stacked cells work in channels_last; their dilated convolutions read NCHW under CPU bf16 autocast."""
+    from hinas.nas.supernet import Supernet
+
+    torch.manual_seed(0)
+    net = Supernet(small_space(filters=6))
+    x, y = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)
+
+    def grads(amp):
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = net(x)
+        (out.float() - y).abs().mean().backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None and "weight" in n}
+
+    full, half = grads(False), grads(True)
+    close_gradients(full, half)
 
 
 @pytest.fixture

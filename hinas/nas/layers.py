@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hinas.nas.ops import act, act_conv_bn
+from hinas.nas.ops import act, act_conv_bn, conv2d
 from hinas.nas.resize import imresize
 
 STEM_CHANNELS = 64
@@ -31,7 +31,7 @@ def scaler(c_in: int, c_out: int) -> nn.Sequential:
 def sep_block(c_in: int, c_out: int, rate: int = 1) -> nn.Sequential:
     """Depthwise 3x3 (dilation ``rate``) + BN + act, then 1x1 conv + BN + act."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_in, 3, padding=rate, dilation=rate, groups=c_in, bias=False),
+        conv2d(c_in, c_in, 3, dilation=rate, groups=c_in),
         nn.BatchNorm2d(c_in),
         act(),
         nn.Conv2d(c_in, c_out, 1, bias=False),

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hinas.errors import ConfigError
+from hinas.hardware import dilated_conv_operands
 
 NEGATIVE_SLOPE = 0.2
 
@@ -54,12 +55,26 @@ def act() -> nn.Module:
     return nn.LeakyReLU(NEGATIVE_SLOPE)
 
 
+class DilatedConv2d(nn.Conv2d):
+    """A dilated ``nn.Conv2d`` that computes NCHW when in bf16 on a CPU with gradients to follow: there oneDNN's
+    channels_last backward gives wrong weight gradients (:func:`hinas.hardware.dilated_conv_operands`).
+    The same parameters and state dict as ``nn.Conv2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(*dilated_conv_operands(x, self.weight), self.bias)
+
+
+def conv2d(c_in: int, c_out: int, kernel: int, *, dilation: int = 1, groups: int = 1) -> nn.Conv2d:
+    """A same-padded convolution without bias; a :class:`DilatedConv2d` when ``dilation`` > 1."""
+    kind = DilatedConv2d if dilation > 1 else nn.Conv2d
+    return kind(c_in, c_out, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=groups, bias=False)
+
+
 def act_conv_bn(c_in: int, c_out: int, kernel: int, *, dilation: int = 1, affine: bool = True) -> nn.Sequential:
     """Pre-activation convolution: LeakyReLU, conv (same padding, no bias), BatchNorm."""
-    pad = dilation * (kernel - 1) // 2
     return nn.Sequential(
         act(),
-        nn.Conv2d(c_in, c_out, kernel, padding=pad, dilation=dilation, bias=False),
+        conv2d(c_in, c_out, kernel, dilation=dilation),
         nn.BatchNorm2d(c_out, affine=affine),
     )
 

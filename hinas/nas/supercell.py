@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from hinas.hardware import dilated_conv_operands
 from hinas.nas.cells import ReferenceCell, SearchCell
 from hinas.nas.ops import NEGATIVE_SLOPE, Stacking, get_op
 from hinas.nas.space import SearchSpace
@@ -117,7 +118,8 @@ class StackedConv(nn.Module):
 
     def forward(self, a: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The E edges' terms stacked edge-major, given their mixing weights for this op."""
-        y = F.conv2d(a, self.weight, padding=self.padding, dilation=self.dilation)
+        a, weight = dilated_conv_operands(a, self.weight) if self.dilation > 1 else (a, self.weight)
+        y = F.conv2d(a, weight, padding=self.padding, dilation=self.dilation)
         return self.bn(y, weights.repeat_interleave(a.shape[1]))
 
     def edge_links(self, slot: int) -> Links:
