@@ -237,7 +237,8 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
             "best_epoch": best_epoch, "val_psnr": picked["val_psnr"], "val_ssim": picked["val_ssim"], "score": picked["score"],
             "skip_ops": picked["skip_ops"], "epochs": cfg.epochs, "epochs_run": len(state.history),
             "stopped_early": state.stopped or None, "rollbacks": state.rollbacks, "steps": len(state.history) * self.per_epoch,
-            "seconds": self.ckpt.seconds(), "cpu_seconds": self.ckpt.cpu_seconds(), **self.facts, "supernet_params": count_params(model),
+            "seconds": self.ckpt.seconds(), "cpu_seconds": self.ckpt.cpu_seconds(), **self.facts,
+            "supernet_params": count_params(model),
             **{k: v for k, v in chosen.meta.items() if k.startswith("latency")},
             "genotype": chosen.to_dict(), "convention": dataclasses.asdict(convention_for(space.task, space.scale)),
         }
