@@ -72,6 +72,10 @@ class Profile:
         return tuple(sorted(level for task, level in self.order if task == "denoise"))
 
 
+CPU_DEMO_BEFORE_SEARCH = ("optimizer=sgd", "lr=0.025", "lr_min=0.001", "grad_clip=0")
+CPU_DEMO_BEFORE_TRAIN = ("optimizer=sgd", "lr=0.02", "schedule=poly", "pixel_loss=mse", "ssim_weight=0.6")
+"""The ``cpu-demo`` recipes the ``cpu`` profile of RESULTS.md ran with, before the recipe study changed the preset."""
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         search_preset="smoke", train_preset="smoke", denoise_search_data="embedded-train", denoise_data="embedded-train",
@@ -83,9 +87,10 @@ PROFILES: dict[str, Profile] = {
         search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
         sr_data="T91", denoise_sets=("Set12", "BSD68"), sr_sets=("Set5", "Set14", "B100"),
         order=(("sr", 4), ("denoise", 25), ("sr", 2), ("denoise", 50)),
-        search=("patches_per_image=1", "epochs=5", "arch_start=2", "select_from=3", "lr_cycle=5"),
+        search=("patches_per_image=1", "epochs=5", "arch_start=2", "select_from=3", "lr_cycle=5",
+                *CPU_DEMO_BEFORE_SEARCH),
         search_sr=("space.in_channels=3", "space.layers=2", "pixel_loss=l1", "ssim_weight=0.6", "val_crop=0"),
-        train=("iterations=200", "val_every=100"), train_sr=("pixel_loss=l1", "rescale=[]"),
+        train=("iterations=200", "val_every=100", *CPU_DEMO_BEFORE_TRAIN), train_sr=("pixel_loss=l1", "rescale=[]"),
     ),
     "equal-time": Profile(
         search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
