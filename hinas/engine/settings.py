@@ -256,7 +256,7 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
     # connections; with Adam (lr 2e-3) it ends 6 dB above it with one skip (RESULTS.md, recipe study).
     "cpu-demo": {
         "space": {**SPACE_PRESETS["paper-denoise"].to_dict(), "nodes": 3, "filters": 6}, "val_images": 2, "patch": 32,
-        "patches_per_image": 12, "batch": 8, "epochs": 30, "arch_start": 11, "select_from": 16, "val_crop": 96,
+        "patches_per_image": 12, "batch": 8, "epochs": 20, "arch_start": 8, "select_from": 11, "val_crop": 96,
         "lr_cycle": 5, "grad_clip": 5.0, "optimizer": "adam", "lr": 0.002, "lr_min": 1e-5,
     },
 }
@@ -268,7 +268,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"filters": 4, "val_images": 2, "patch": 16, "batch": 2, "iterations": 4, "val_every": 2, "val_crop": 32},
     # The recipe with the most PSNR per CPU-minute in benchmarks/recipe.py (RESULTS.md, "Training recipe"): Adam with a
     # one-cycle schedule and an L1 loss; wider nets and larger patches or batches gave less at equal time.
-    "cpu-demo": {"filters": 8, "val_images": 2, "patch": 40, "batch": 8, "iterations": 3000, "val_every": 500,
+    "cpu-demo": {"filters": 8, "val_images": 2, "patch": 40, "batch": 8, "iterations": 2000, "val_every": 400,
                  "val_crop": 128, "sigma": 25.0, "optimizer": "adam", "lr": 0.002, "schedule": "onecycle",
                  "pixel_loss": "l1", "ssim_weight": 0.0},
 }
