@@ -27,7 +27,7 @@ RESUMABLE = ("search", "retrain")
 RUNNERS = ["torch", "compile", "onnxruntime", "training"]
 SHORTCUTS = {"retrain": ("genotype", "genotype file or search run directory"),
              "evaluate": ("model", "retrain run directory, checkpoint, or a baseline: noisy, bicubic")}
-DEMO_TIME = {"cpu-demo": "about 8 min on 2 CPU cores", "smoke": "under a minute"}
+DEMO_TIME = {"cpu-demo": "about 12 min on 2 CPU cores", "smoke": "under a minute"}
 
 ABOUT = {
     "demo": ("the whole method on the photos bundled with scikit-image: search, draw, retrain, evaluate",
