@@ -398,28 +398,27 @@ def to_markdown(rows: list[dict[str, Any]], columns: dict[str, str], digits: int
     return "\n".join(lines) + "\n"
 
 
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, sample std and count of PSNR per (task, level, set, family-or-variant): HiNAS seeds, random draws."""
-    out = []
+def psnr_groups(rows: list[dict[str, Any]]) -> dict[tuple, list[float]]:
+    """PSNR values per (task, level, set, group); the group is the HiNAS variant, or the family of other models."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
-        key_name = r["variant"] if r["family"] == "hinas" else r["family"]
+        name = r["variant"] if r["family"] == "hinas" else r["family"]
         for s in sets_of([r]):
-            groups.setdefault((r["task"], r["level"], s, key_name), []).append(r[f"{s}/psnr"])
-    for (task, level, s, name), values in groups.items():
-        out.append({"task": task, "level": level, "set": s, "group": name, "n": len(values), **spread(values)})
-    return out
+            groups.setdefault((r["task"], r["level"], s, name), []).append(r[f"{s}/psnr"])
+    return groups
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, sample std and count of PSNR per (task, level, set, family-or-variant): HiNAS seeds, random draws."""
+    return [{"task": task, "level": level, "set": s, "group": name, "n": len(values), **spread(values)}
+            for (task, level, s, name), values in psnr_groups(rows).items()]
 
 
 def search_beats_random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (task, level, set) and group (each HiNAS variant, DnCNN-17): its mean PSNR minus the random architectures',
     with a 95% percentile-bootstrap interval (:func:`hinas.studies.aggregate.bootstrap_difference`), and whether its
     mean beats the best random architecture."""
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        name = r["variant"] if r["family"] == "hinas" else r["family"]
-        for s in sets_of([r]):
-            groups.setdefault((r["task"], r["level"], s, name), []).append(r[f"{s}/psnr"])
+    groups = psnr_groups(rows)
     out = []
     for (task, level, name, group), values in groups.items():
         rnd = groups.get((task, level, name, "random"))
