@@ -157,9 +157,10 @@ class TrainConfig(RunConfig):
     iterations: int = 600_000
     minutes: float = 0.0
     """Train for about this many minutes of training steps instead of ``iterations`` (which stays the ceiling; 0:
-    exactly ``iterations``). The step time is measured over 20 steps early in the run and fixes the number of
-    iterations, which the checkpoint keeps, so a resumed run continues the same schedule. Validations come on top.
-    This is how networks of different speed get the same CPU-time budget."""
+    exactly ``iterations``). On a CPU the minutes are the process's CPU time (all its threads: 4 minutes at 2 threads
+    take about 2 of wall time), elsewhere wall time. The step time is measured over 20 steps early in the run and
+    fixes the number of iterations, which the checkpoint keeps, so a resumed run continues the same schedule.
+    Validations come on top. This is how networks of different speed get the same CPU-time budget."""
     val_every: int = 1000
     lr: float = 0.05
     schedule: Literal["poly", "cosine", "onecycle"] = "poly"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any
 
 import torch
@@ -136,6 +136,11 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
                                          clip=cfg.grad_clip, sync=self.ctx.sync_grads, any_rank=self.ctx.any_rank))
         state.iteration += 1
 
+    def budget_clock(self) -> Callable[[], float]:
+        """What a ``minutes`` budget counts: this process's CPU time on a CPU (all its threads; a busy neighbour on
+        shared cores then slows the run but does not shrink its work), wall time on an accelerator."""
+        return process_time if self.device.type == "cpu" else perf_counter
+
     def _plan(self, state: TrainProgress) -> None:
         """Fix ``state.planned``: ``iterations``, or for a ``minutes`` budget the iterations that fit at the step time
         measured over ``TIMED_STEPS`` steps after ``WARM_STEPS`` (every rank agrees on the mean)."""
@@ -145,13 +150,14 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
             return
         if state.iteration < WARM_STEPS:
             return
+        clock = self.budget_clock()
         if self._timer is None:
-            self._timer = (state.iteration, perf_counter())
+            self._timer = (state.iteration, clock())
             return
         first, start = self._timer
         if state.iteration - first < TIMED_STEPS:
             return
-        state.step_seconds = self.ctx.average([(perf_counter() - start) / (state.iteration - first)])[0]
+        state.step_seconds = self.ctx.average([(clock() - start) / (state.iteration - first)])[0]
         state.planned = max(state.iteration + 1, min(cfg.iterations, round(cfg.minutes * 60 / state.step_seconds)))
         self.run.log(event="planned", iterations=state.planned, step_seconds=state.step_seconds)
         self.bar.total = state.planned
