@@ -21,6 +21,8 @@ input size and space (:func:`check`); another is refused, never silently used.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import platform
 import time
@@ -35,7 +37,7 @@ import torch
 from hinas.errors import ConfigError
 from hinas.files import atomic_write_bytes
 from hinas.hardware import pick_device
-from hinas.infer.backends import InferenceModel
+from hinas.infer.backends import InferenceModel, bf16_native
 from hinas.nas.genotype import Genotype, random_genotype
 from hinas.nas.latency import FIXED_PARTS, LatencyTable, endpoint_is_cell, network_latency, out_width, scaler_key, scaler_pairs
 from hinas.nas.layers import STEM_CHANNELS
@@ -137,6 +139,39 @@ def load_or_measure(path: str | Path, space: SearchSpace, filters: int, size: in
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def fastest_ms(run: Callable[[torch.Tensor], Any], x: torch.Tensor, repeats: int) -> float:
+    """Milliseconds of ``run(x)`` on the table's clock (:func:`clock`), the fastest of ``repeats`` after a warm-up."""
+    now = clock(x.device)[1]
+    best = float("inf")
+    with torch.inference_mode():
+        for run_index in range(repeats + 1):
+            _sync(x.device)
+            start = now()
+            run(x)
+            _sync(x.device)
+            best = best if run_index == 0 else min(best, now() - start)
+    return 1e3 * best
+
+
+def plain_forms(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """A network that has no inference form of its own (DnCNN) as plain PyTorch runs it fastest: float32 NCHW,
+    float32 channels_last and, where the device computes it natively, bf16 channels_last (input converted,
+    output float32). Its best form is the fastest of these."""
+    device = next(model.parameters()).device
+    forms = {"float32 NCHW": model}
+    layouts = [("float32 channels_last", torch.float32)]
+    if bf16_native(device):
+        layouts.append(("bf16 channels_last", torch.bfloat16))
+    for name, dtype in layouts:
+        converted = copy.deepcopy(model).to(dtype, memory_format=torch.channels_last)
+        forms[name] = functools.partial(_converted, converted, dtype)
+    return forms
+
+
+def _converted(model: torch.nn.Module, dtype: torch.dtype, x: torch.Tensor) -> torch.Tensor:
+    return model(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
 
 
 def time_network(genotype: Genotype, filters: int, x: torch.Tensor, repeats: int) -> tuple[float, dict[str, float]]:

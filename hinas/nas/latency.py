@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from hinas.errors import ConfigError
-from hinas.nas.genotype import INPUTS_PER_NODE, Genotype
+from hinas.nas.genotype import INPUTS_PER_NODE, Genotype, random_genotype
 from hinas.nas.layers import STEM_CHANNELS
 from hinas.nas.ops import get_op
 from hinas.nas.space import MOVES, SearchSpace
@@ -140,6 +140,22 @@ def network_latency(table: LatencyTable, genotype: Genotype) -> float:
         total += table.cell[level] + sum(table.ops[op][level] for node in cell for op, _ in node)
         widths.append(out_width(sp, level))
     return total + table.decoder[path[-1]]
+
+
+def random_of_latency(table: LatencyTable, target_ms: float, index: int, tolerance: float = 0.1,
+                      tries: int = 200_000) -> Genotype:
+    """The ``index``-th random genotype (seeds 0, 1, ... of :func:`random_genotype`) whose predicted latency is within
+    ``tolerance`` (a fraction) of ``target_ms``: random architectures as fast as a searched one, the baseline a
+    latency-aware search must beat at its own latency."""
+    found = 0
+    for seed in range(tries):
+        genotype = random_genotype(table.space, seed)
+        if abs(network_latency(table, genotype) / target_ms - 1) <= tolerance:
+            if found == index:
+                return genotype
+            found += 1
+    raise ConfigError(f"only {found} of {tries} random genotypes predict {target_ms:g} ms within {tolerance:.0%}; "
+                      f"asked for number {index} (a latency this space rarely or never reaches at random)")
 
 
 def _transitions(space: SearchSpace, beta_probs: torch.Tensor) -> list[torch.Tensor]:

@@ -29,7 +29,13 @@ from hinas.engine.settings import EvalConfig, SearchConfig, TrainConfig, resolve
 from hinas.files import write_json
 from hinas.nas.complexity import count_flops, count_params
 from hinas.nas.genotype import Genotype, compare, random_genotype
+from hinas.nas.latency import LatencyTable, network_latency, random_of_latency
 from hinas.studies.aggregate import bootstrap_difference, spread
+
+LATENCY_TABLE = "latency/latency_table.json"
+"""The latency table of a profile with latency targets, in its runs folder (measured once, by the ``table`` job)."""
+LATENCY_MATCH = 0.1
+"""Random architectures count as of a searched network's latency within this fraction of its predicted latency."""
 
 VARIANTS = ("lwas", "tied", "independent")
 """Cell sharing of a HiNAS search: per layer (the paper), one cell for the whole net, one per (layer, width)."""
@@ -64,6 +70,11 @@ class Profile:
     latency_size: int = 512
     """Side of the (output) image at which FLOPs and latency are measured."""
     latency_repeats: int = 3
+    latency_targets: tuple[tuple[float, int], ...] = ()
+    """Latency-aware ``lwas`` searches (seed ``seeds[0]``) retrained at the first noise level: (target in ms, how many
+    random architectures of the found network's predicted latency, within ``LATENCY_MATCH``, are retrained beside it)."""
+    latency_table_size: int = 256
+    """Side of the input the latency table (``LATENCY_TABLE``) and every model's measured latency are for."""
     hardware: str = "2 shared CPU cores (no GPU), one thread per process"
 
     @property
@@ -75,6 +86,10 @@ class Profile:
 CPU_DEMO_BEFORE_SEARCH = ("optimizer=sgd", "lr=0.025", "lr_min=0.001", "grad_clip=0")
 CPU_DEMO_BEFORE_TRAIN = ("optimizer=sgd", "lr=0.02", "schedule=poly", "pixel_loss=mse", "ssim_weight=0.6")
 """The ``cpu-demo`` recipes the ``cpu`` profile of RESULTS.md ran with, before the recipe study changed the preset."""
+
+EQUAL_TIME_SEARCH = ("patches_per_image=1", "epochs=20", "arch_start=6", "select_from=10", "val_images=6")
+EQUAL_TIME_TRAIN = ("minutes=4", "iterations=1000000", "val_every=400")
+"""Every network of ``equal-time`` and ``latency`` gets 4 minutes of one core's CPU time, whatever its speed."""
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
@@ -96,15 +111,22 @@ PROFILES: dict[str, Profile] = {
         search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
         sr_data="T91", denoise_sets=("Set12", "BSD68"), sr_sets=("Set5", "Set14", "B100"),
         order=(("denoise", 25), ("denoise", 50), ("sr", 2), ("sr", 4)), seeds=(0, 1, 2, 3, 4), variant_seeds=3, randoms=5,
-        search=("patches_per_image=1", "epochs=20", "arch_start=6", "select_from=10", "val_images=6"),
-        search_sr=("space.in_channels=3", "space.layers=2", "pixel_loss=l1", "ssim_weight=0.6", "val_crop=0"),
-        train=("minutes=4", "iterations=1000000", "val_every=400"), train_sr=("pixel_loss=l1", "rescale=[]"),
+        search=EQUAL_TIME_SEARCH, search_sr=("space.in_channels=3", "space.layers=2", "pixel_loss=l1", "ssim_weight=0.6",
+                                             "val_crop=0"),
+        train=EQUAL_TIME_TRAIN, train_sr=("pixel_loss=l1", "rescale=[]"),
+    ),
+    "latency": Profile(
+        search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
+        sr_data="T91", denoise_sets=("Set12", "BSD68"), sr_sets=(), order=(("denoise", 25),), seeds=(0,), variant_seeds=0,
+        randoms=0, search=EQUAL_TIME_SEARCH, train=EQUAL_TIME_TRAIN, latency_size=256, latency_targets=((170, 5), (195, 0)),
     ),
 }
 """``smoke`` builds in a few minutes for CI; ``cpu`` is what RESULTS.md reported first (one seed, 200 iterations);
 ``equal-time`` answers the search question with power: 5 search seeds against 5 random architectures and
 DnCNN-17, every network retrained for the same 4 minutes of one core (not the same iterations), about 8 hours
-of one core in all (``run_grid`` resumes across sessions)."""
+of one core in all (``run_grid`` resumes across sessions); ``latency`` is issue 15's PSNR-latency front at sigma 25:
+an unconstrained search and two latency targets (the tighter with 5 random architectures of its latency) beside
+DnCNN-17, on the same budget, latency measured at 256x256 (about 45 minutes on two cores)."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +178,18 @@ def _denoise_searches(p: Profile, root: list[str]) -> list[Job]:
                 f"space.sharing={variant}", *p.search])
             jobs.append(Job("search", f"search/denoise-{variant}-s{seed}", cfg))
     space = jobs[0].cfg.space
-    return jobs + [Job("genotype", f"genotype/denoise-random-{i}", (space, i)) for i in range(p.randoms)]
+    jobs += [Job("genotype", f"genotype/denoise-random-{i}", (space, i)) for i in range(p.randoms)]
+    if p.latency_targets:
+        filters = resolve(TrainConfig, p.train_preset, overrides=list(p.train)).filters
+        jobs.append(Job("table", str(Path(LATENCY_TABLE).parent), (space, filters, p.latency_table_size)))
+        for target, randoms in p.latency_targets:
+            found = f"search/denoise-lat{target:g}"
+            jobs.append(Job("search", found, replace(jobs[0].cfg, latency_target_ms=target, latency_table=LATENCY_TABLE,
+                                                     latency_filters=filters, latency_size=p.latency_table_size),
+                            (str(Path(LATENCY_TABLE).parent),)))
+            jobs += [Job("genotype", f"genotype/denoise-lat{target:g}-random-{i}", (space, i, found), (found,))
+                     for i in range(randoms)]
+    return jobs
 
 
 def _sr_search(p: Profile, root: list[str], scale: int) -> list[Job]:
@@ -182,6 +215,13 @@ def _models(p: Profile, task: str, level: int) -> list[tuple[str, dict[str, Any]
                 models.append((f"hinas-{variant}-s{seed}", {"family": "hinas", "variant": variant, "seed": seed},
                                [f"genotype={found}"], found))
         prefix = "genotype/denoise-random"
+        for target, randoms in p.latency_targets if level == p.sigmas[0] else ():
+            found, tag = f"search/denoise-lat{target:g}", f"lat{target:g}"
+            models.append((f"hinas-{tag}", {"family": "hinas", "variant": tag, "seed": p.seeds[0], "target_ms": target},
+                           [f"genotype={found}"], found))
+            models += [(f"{tag}-random-{i}", {"family": "random-lat", "variant": f"random-{tag}", "seed": i, "target_ms": target},
+                        [f"genotype=genotype/denoise-{tag}-random-{i}/genotype.json"], f"genotype/denoise-{tag}-random-{i}")
+                       for i in range(randoms)]
     models += [(f"random-{i}", {"family": "random", "variant": "random", "seed": i}, [f"genotype={prefix}-{i}/genotype.json"],
                 f"{prefix}-{i}") for i in range(p.randoms)]
     if task == "denoise":
@@ -197,6 +237,8 @@ def done(runs: Path, job: Job) -> bool:
     d = runs / job.out
     if job.kind == "genotype":
         return (d / "genotype.json").is_file()
+    if job.kind == "table":
+        return (runs / LATENCY_TABLE).is_file()
     return (d / "metrics.json").is_file() and (job.kind != "evaluate" or (d / "complexity.json").is_file())
 
 
@@ -213,11 +255,22 @@ def run_job(runs: str, job: Job, profile: Profile) -> str:
     torch.set_num_threads(1)
     d = Path(runs) / job.out
     started = (d / "checkpoint.pt").is_file()
-    if job.kind == "genotype":
+    if job.kind == "table":
+        from hinas.infer.latency_table import load_or_measure
+
+        space, filters, size = job.cfg
+        load_or_measure(Path(runs) / LATENCY_TABLE, space, filters, size)
+    elif job.kind == "genotype" and len(job.cfg) == 3:  # random, of a searched network's predicted latency
+        space, index, found = job.cfg
+        table = _table(Path(runs))
+        target = network_latency(table, Genotype.load(Path(runs) / found / "genotype.json"))
+        random_of_latency(table, target, index, LATENCY_MATCH).save(d / "genotype.json")
+    elif job.kind == "genotype":
         space, seed = job.cfg
         random_genotype(space, seed).save(d / "genotype.json")
     elif job.kind == "search":
-        search(job.cfg, d, resume=started, force=started, overwrite=d.is_dir() and not started, progress=False)
+        cfg = replace(job.cfg, latency_table=str(Path(runs) / job.cfg.latency_table)) if job.cfg.latency_table else job.cfg
+        search(cfg, d, resume=started, force=started, overwrite=d.is_dir() and not started, progress=False)
     elif job.kind == "retrain":
         cfg = replace(job.cfg, genotype=str(Path(runs) / job.cfg.genotype)) if job.cfg.genotype else job.cfg
         retrain(cfg, d, resume=started, force=started, overwrite=d.is_dir() and not started, progress=False)
@@ -226,16 +279,19 @@ def run_job(runs: str, job: Job, profile: Profile) -> str:
         if not (d / "metrics.json").is_file():
             evaluate_run(cfg, d, overwrite=d.is_dir(), progress=False)
         write_json(d / "complexity.json",
-                   complexity_and_latency(Path(cfg.model) / "best.pt", profile.latency_size, profile.latency_repeats))
+                   complexity_and_latency(Path(cfg.model) / "best.pt", profile.latency_size, profile.latency_repeats,
+                                          profile.latency_table_size if profile.latency_targets else 0))
     return job.out
 
 
-def complexity_and_latency(checkpoint: Path, size: int, repeats: int) -> dict[str, Any]:
+def complexity_and_latency(checkpoint: Path, size: int, repeats: int, table_size: int = 0) -> dict[str, Any]:
     """Parameters, FLOPs and latency for a ``size`` x ``size`` output at one thread, in the form evaluation runs.
 
     A derived network runs in its inference form (:class:`hinas.infer.backends.InferenceModel`, eager PyTorch),
     DnCNN as trained (eval mode). Latency is the median wall time of ``repeats`` runs after a warm-up, and
-    the median CPU time of the process: on a shared machine the CPU time is the steadier figure.
+    the median CPU time of the process: on a shared machine the CPU time is the steadier figure. With
+    ``table_size``, also ``table_ms``: the latency at that input side on the latency table's clock, fastest of 5,
+    the derived network in its inference form, DnCNN in its best form (:func:`~hinas.infer.latency_table.plain_forms`).
     """
     from hinas.hardware import keep_freed_memory
     from hinas.infer.backends import InferenceModel
@@ -255,9 +311,18 @@ def complexity_and_latency(checkpoint: Path, size: int, repeats: int) -> dict[st
             runner(x)
             walls.append(time.perf_counter() - w)
             cpus.append(time.process_time() - c)
-    return {"params": count_params(net), "flops": count_flops(net, shape), "input": list(shape), "threads": 1,
-            "form": "inference (torch)" if isinstance(net, Network) else "as trained (eval)",
-            "latency_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "repeats": repeats}
+    out = {"params": count_params(net), "flops": count_flops(net, shape), "input": list(shape), "threads": 1,
+           "form": "inference (torch)" if isinstance(net, Network) else "as trained (eval)",
+           "latency_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "repeats": repeats}
+    if table_size:
+        from hinas.infer.latency_table import fastest_ms, plain_forms
+
+        x = torch.rand(1, net.in_channels, table_size // net.scale, table_size // net.scale)
+        forms = {"inference form, float32": runner} if isinstance(net, Network) else plain_forms(net)
+        timed = {name: fastest_ms(run, x, 5) for name, run in forms.items()}
+        best = min(timed, key=timed.__getitem__)
+        out.update(table_size=table_size, table_ms=timed[best], table_form=best, table_forms=timed)
+    return out
 
 
 def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers: int = 2, deadline: float | None = None,
@@ -335,6 +400,9 @@ def collect(runs: str | Path, profile: Profile, data_root: str = "") -> list[dic
                "variant": info["variant"], "seed": info["seed"], "params": cx["params"], "gflops": cx["flops"] / 1e9,
                "latency_s": cx["latency_s"], "cpu_s": cx["cpu_s"], "train_s": trained["seconds"],
                "iterations": trained["iterations"]}
+        if "table_ms" in cx:
+            row.update(latency_ms=cx["table_ms"], latency_form=cx["table_form"], target_ms=info.get("target_ms"),
+                       predicted_ms=_predicted(runs, job.cfg.model))
         for r in metrics["results"]:
             row[f"{r['set']}/psnr"], row[f"{r['set']}/ssim"] = r["psnr"], r["ssim"]
             if info["task"] == "sr":
@@ -344,6 +412,18 @@ def collect(runs: str | Path, profile: Profile, data_root: str = "") -> list[dic
                 bicubic[info["level"]][f"{r['set']}/ssim"] = r["input_ssim"]
         rows.append(row)
     return sorted(rows + list(bicubic.values()), key=lambda r: (r["task"] != "denoise", r["level"]))  # stable: grid order within
+
+
+def _table(runs: Path) -> LatencyTable:
+    return LatencyTable.from_dict(json.loads((runs / LATENCY_TABLE).read_text()))
+
+
+def _predicted(runs: Path, model: str) -> float | None:
+    """The latency table's prediction for a retrained derived network (``None`` for DnCNN or without a table)."""
+    genotype = runs / model / "genotype.json"
+    if not genotype.is_file() or not (runs / LATENCY_TABLE).is_file():
+        return None
+    return network_latency(_table(runs), Genotype.load(genotype))
 
 
 def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
