@@ -52,7 +52,7 @@ def pipeline(tmp_path_factory):
 def test_every_stage_ran_and_the_report_holds_real_numbers(pipeline):
     work, _, first = pipeline
     for stage in ("prepare@denoise", "prepare@sr", "search_denoise", "search_sr", "retrain_denoise@25", "retrain_sr@2",
-                  "evaluate_denoise@25", "evaluate_sr@2", "report", "results"):
+                  "evaluate_denoise@25", "evaluate_sr@2", "report", "results", "latency"):
         assert f"Running stage '{stage}'" in first.stdout, stage
     results = json.loads((work / "runs/dvc/results.json").read_text())
     assert set(results) == {f"{task}/{level}/embedded-val/{key}" for task, level in (("denoise", "sigma25"), ("sr", "x2"))
@@ -83,7 +83,8 @@ def test_metrics_are_flat_numbers_and_plots_are_declared(pipeline):
     numbers = {f"{path}:{key}": value for path, entry in files.items() for key, value in entry["data"].items()}
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values()), numbers
     assert numbers["metrics/evaluate_denoise/sigma25/metrics.json:denoise/sigma25/embedded-val/psnr"] > 0
-    assert "metrics/search_denoise/metrics.json:val_psnr" in numbers and len(files) == 6
+    assert "metrics/search_denoise/metrics.json:val_psnr" in numbers and len(files) == 7
+    assert numbers["metrics/latency/point.json:lat1/psnr"] > 0 and numbers["metrics/latency/point.json:lat1/n_random"] == 2
     plots = dvc(["plots", "show", "--json"], work, env)
     assert plots.returncode == 0
     for stage in ("search_denoise", "search_sr", "retrain_denoise/sigma25", "retrain_sr/x2"):

@@ -12,8 +12,9 @@ from hinas.engine.settings import SearchConfig, resolve
 from hinas.errors import ConfigError
 from hinas.infer import latency_table
 from hinas.jobs.search import SearchJob, latency_meta
+from hinas.nas.baselines import DnCNN
 from hinas.nas.genotype import derive, random_genotype
-from hinas.nas.latency import FIXED_PARTS, LatencyTable, expected_latency, network_latency, scaler_pairs
+from hinas.nas.latency import FIXED_PARTS, LatencyTable, expected_latency, network_latency, random_of_latency, scaler_pairs
 from hinas.nas.ops import get_op
 from hinas.nas.space import MOVES, preset
 from hinas.nas.supernet import Supernet
@@ -219,3 +220,37 @@ def test_profile_measures_once_then_reuses(tmp_path, capsys, one_thread):
     assert "probe" not in capsys.readouterr().out
     assert main(args[:-4] + ["--filters", "4", "--out", str(out)]) == 2
     assert "filters 2 (here 4)" in capsys.readouterr().err
+
+
+# --- random architectures of a given latency, and the baselines' best form ---------------------------------
+
+
+def test_random_architectures_of_a_latency_are_within_tolerance_distinct_and_reproducible():
+    space = small_space()
+    table = synthetic(space)
+    target = network_latency(table, random_genotype(space, 3))
+    drawn = [random_of_latency(table, target, i, 0.1) for i in range(4)]
+    assert all(abs(network_latency(table, g) / target - 1) <= 0.1 for g in drawn)
+    assert len({g.meta["seed"] for g in drawn}) == 4  # the i-th match: different draws
+    assert [g.meta["seed"] for g in drawn] == [random_of_latency(table, target, i, 0.1).meta["seed"] for i in range(4)]
+
+
+def test_a_latency_no_random_architecture_reaches_is_refused_with_the_count():
+    table = synthetic(small_space())
+    fastest = min(network_latency(table, random_genotype(table.space, s)) for s in range(500))
+    with pytest.raises(ConfigError, match=r"only 0 of 500 random genotypes predict .* within 10%"):
+        random_of_latency(table, fastest / 3, 0, 0.1, tries=500)
+
+
+def test_plain_forms_compute_the_same_network_and_offer_bf16_only_where_native(monkeypatch):
+    net = DnCNN(depth=4, channels=8).eval()
+    x = torch.rand(1, 1, 24, 24)
+    for native in (False, True):
+        monkeypatch.setattr(latency_table, "bf16_native", lambda device, native=native: native)
+        forms = latency_table.plain_forms(net)
+        assert ("bf16 channels_last" in forms) == native and {"float32 NCHW", "float32 channels_last"} <= set(forms)
+    with torch.inference_mode():
+        reference = net(x)
+        for name, run in forms.items():
+            torch.testing.assert_close(run(x), reference, **({"atol": 5e-2, "rtol": 5e-2} if "bf16" in name else {}))
+    assert latency_table.fastest_ms(forms["float32 NCHW"], x, 2) > 0

@@ -23,7 +23,7 @@ import hinas.jobs.retrain
 import hinas.jobs.search
 from hinas import cli
 from hinas.data.images import NAMED_SETS
-from hinas.studies import pipeline
+from hinas.studies import pipeline, results
 from hinas.studies.results import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +119,11 @@ def test_every_stage_command_resolves(params_file, tmp_path, monkeypatch, capsys
                 assert f"{args.dest}/metrics.json" in metrics, stage.addressing
                 if not stage.addressing.startswith("evaluate"):
                     assert f"{args.dest}/history.json" in plots, stage.addressing
+            elif argv[:3] == ["python", "-m", "hinas.studies.results"]:
+                args = results.build_parser().parse_args(argv[3:])
+                assert args.targets and args.metrics in metrics, stage.addressing
+                assert args.runs == params["latency"]["runs"] and args.targets[0][0] == params["latency"]["target_ms"]
+                assert results.PROFILES[args.profile].denoise_sets
             elif argv[0] == "papermill":
                 assert (ROOT / argv[1]).is_file()
                 given = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv) if a == "-p"}
@@ -128,7 +133,7 @@ def test_every_stage_command_resolves(params_file, tmp_path, monkeypatch, capsys
                 assert argv[0] == "mkdir", f"{stage.addressing}: no check for {part!r}"
     assert checked == {s.addressing for s in stages}
     assert {f"prepare@{t}" for t in pipeline.TASKS} <= checked
-    assert len(checked) == 6 + 2 * (len(params["sigmas"]) + len(params["scales"]))  # foreach expanded
+    assert len(checked) == 7 + 2 * (len(params["sigmas"]) + len(params["scales"]))  # foreach expanded
 
 
 def test_a_wrong_name_fails_the_check(tmp_path, monkeypatch, capsys, no_work):

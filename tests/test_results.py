@@ -66,9 +66,63 @@ def test_every_model_of_a_level_gets_the_same_retraining_budget():
             budgets = {(j.cfg.iterations, j.cfg.minutes, j.cfg.batch, j.cfg.patch, j.cfg.lr, j.cfg.data) for j in trained}
             assert len(budgets) == 1, (task, level, budgets)
             families = [j.info["family"] for j in trained]
+            targets = profile.latency_targets if (task, level) == ("denoise", profile.sigmas[0]) else ()
             assert families.count("random") == profile.randoms and families.count("hinas") >= 1
-            assert families.count("hinas") == len(profile.seeds) + (2 * profile.variant_seeds if task == "denoise" else 0)
+            assert families.count("hinas") == len(profile.seeds) + (2 * profile.variant_seeds if task == "denoise" else 0) + len(
+                targets)
+            assert families.count("random-lat") == sum(n for _, n in targets)
             assert ("dncnn" in families) == (task == "denoise")
+
+
+def test_latency_targets_add_searches_that_read_one_table_and_randoms_matched_to_what_they_found():
+    profile = results.PROFILES["latency"]
+    jobs = {j.out: j for j in results.grid(profile)}
+    [table] = [j for j in jobs.values() if j.kind == "table"]
+    for target, randoms in profile.latency_targets:
+        found = jobs[f"search/denoise-lat{target:g}"]
+        assert found.needs == (table.out,) and found.cfg.latency_target_ms == target
+        assert found.cfg.latency_table == results.LATENCY_TABLE and found.cfg.latency_filters == table.cfg[1] == 8
+        unconstrained = jobs["search/denoise-lwas-s0"].cfg
+        assert found.cfg == unconstrained.__class__(**{**unconstrained.__dict__, "latency_target_ms": target,
+                                                       "latency_table": results.LATENCY_TABLE, "latency_filters": 8})
+        matched = [j for j in jobs.values() if j.out.startswith(f"genotype/denoise-lat{target:g}-random-")]
+        assert len(matched) == randoms and all(j.needs == (found.out,) and j.cfg[2] == found.out for j in matched)
+    assert [j for j in jobs.values() if j.kind == "evaluate"][-1].info["model"] == "dncnn-17"
+
+
+@pytest.mark.parametrize("text, parsed", [("170:5,195", ((170.0, 5), (195.0, 0))), ("80.5:2", ((80.5, 2),))])
+def test_latency_targets_parse_from_the_command_line(text, parsed):
+    assert results.build_parser().parse_args(["--targets", text]).targets == parsed
+
+
+@pytest.mark.parametrize("text", ["", "fast", "170:x", "-5:2", "170:5:1", "170:-1"])
+def test_bad_latency_targets_are_refused_with_the_expected_form(text, capsys):
+    with pytest.raises(SystemExit):
+        results.build_parser().parse_args([f"--targets={text}"])
+    assert "expected MS[:RANDOMS]" in capsys.readouterr().err
+
+
+def _timed(model, family, ms, psnr, target=None, predicted=None):
+    return {**_row(model, family, family, psnr), "latency_ms": ms, "target_ms": target, "predicted_ms": predicted}
+
+
+def test_the_latency_verdict_compares_a_search_with_the_randoms_of_its_own_target_under_half_dncnn():
+    rows = [_timed("dncnn-17", "dncnn", 400, 30.0), _timed("hinas-lwas-s0", "hinas", 230, 29.0, predicted=220),
+            _timed("hinas-lat170", "hinas", 180, 28.6, 170, 176), _timed("hinas-lat195", "hinas", 210, 28.9, 195, 200),
+            _timed("lat170-random-0", "random-lat", 175, 28.5, 170, 178),
+            _timed("lat170-random-1", "random-lat", 190, 28.7, 170, 181),
+            _timed("lat195-random-0", "random-lat", 205, 28.0, 195, 199)]
+    verdicts = {v["model"]: v for v in results.latency_verdict(rows, "Set12")}
+    assert set(verdicts) == {"hinas-lat170", "hinas-lat195"}  # the unconstrained search has no target
+    v = verdicts["hinas-lat170"]
+    assert v["half_dncnn"] and v["n_random"] == 2 and v["random_best"] == 28.7 and not v["beats_best_random"]
+    assert v["random_ms"] == "175-190" and v["random_mean"] == pytest.approx(28.6)
+    assert not verdicts["hinas-lat195"]["half_dncnn"] and verdicts["hinas-lat195"]["beats_best_random"]
+    assert [r["model"] for r in results.pareto_front(rows, "Set12")] == [
+        "lat170-random-0", "hinas-lat170", "lat170-random-1", "hinas-lat195", "hinas-lwas-s0", "dncnn-17"]
+    timed = results.latency_rows(rows)
+    assert [r["latency_ms"] for r in timed] == sorted(r["latency_ms"] for r in rows)
+    assert timed[0]["error_pct"] == pytest.approx(100 * (178 / 175 - 1)) and timed[-1]["error_pct"] is None
 
 
 def test_a_deadline_in_the_past_starts_nothing(tmp_path):

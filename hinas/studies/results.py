@@ -12,6 +12,7 @@ missing (a finished run directory is skipped, an interrupted one resumed), and
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -96,7 +97,8 @@ PROFILES: dict[str, Profile] = {
         search_preset="smoke", train_preset="smoke", denoise_search_data="embedded-train", denoise_data="embedded-train",
         sr_data="embedded-train", denoise_sets=("embedded-val",), sr_sets=("embedded-val",), order=(("denoise", 25), ("sr", 2)),
         seeds=(0, 1), randoms=2, sr_patch=32, search_sr=("space.in_channels=3", "val_crop=48"),
-        train_sr=("val_crop=48", "pixel_loss=l1"), latency_size=64, latency_repeats=1,
+        train_sr=("val_crop=48", "pixel_loss=l1"), latency_size=64, latency_repeats=1, latency_targets=((1.0, 2),),
+        latency_table_size=32,
     ),
     "cpu": Profile(
         search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
@@ -419,11 +421,13 @@ def _table(runs: Path) -> LatencyTable:
 
 
 def _predicted(runs: Path, model: str) -> float | None:
-    """The latency table's prediction for a retrained derived network (``None`` for DnCNN or without a table)."""
-    genotype = runs / model / "genotype.json"
-    if not genotype.is_file() or not (runs / LATENCY_TABLE).is_file():
+    """The latency table's prediction for a retrained derived network (``None`` for DnCNN, without a table, or for a
+    genotype of another space or sharing variant than the table was measured for)."""
+    path = runs / model / "genotype.json"
+    if not path.is_file() or not (runs / LATENCY_TABLE).is_file():
         return None
-    return network_latency(_table(runs), Genotype.load(genotype))
+    table, genotype = _table(runs), Genotype.load(path)
+    return network_latency(table, genotype) if genotype.space.replace(filters=table.space.filters) == table.space else None
 
 
 def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
@@ -512,6 +516,48 @@ def search_beats_random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def latency_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The denoisers at the noise level of the latency-aware searches (profiles with latency targets), fastest first,
+    each with its measured latency, the table's prediction and its error (predicted over measured, in percent)."""
+    levels = {r["level"] for r in rows if r.get("target_ms") is not None}
+    out = [{**r, "error_pct": 100 * (r["predicted_ms"] / r["latency_ms"] - 1) if r.get("predicted_ms") else None}
+           for r in rows if r.get("latency_ms") and r["task"] == "denoise" and r["level"] in levels]
+    return sorted(out, key=lambda r: r["latency_ms"])
+
+
+def latency_verdict(rows: list[dict[str, Any]], set_name: str) -> list[dict[str, Any]]:
+    """Issue 15's question for each latency-aware search: at no more than half DnCNN-17's latency (its best form),
+    does the found network's PSNR on ``set_name`` reach the best of the random architectures of its latency?"""
+    timed = latency_rows(rows)
+    dncnn = next((r for r in timed if r["family"] == "dncnn"), None)
+    out = []
+    for r in timed:
+        if r["family"] != "hinas" or r.get("target_ms") is None or f"{set_name}/psnr" not in r:
+            continue
+        rnd = [x for x in timed if x["family"] == "random-lat" and x["target_ms"] == r["target_ms"] and f"{set_name}/psnr" in x]
+        best = max(rnd, key=lambda x: x[f"{set_name}/psnr"], default=None)
+        out.append({"model": r["model"], "target_ms": r["target_ms"], "latency_ms": r["latency_ms"],
+                    "dncnn_ms": dncnn["latency_ms"] if dncnn else None,
+                    "half_dncnn": dncnn is not None and r["latency_ms"] <= dncnn["latency_ms"] / 2,
+                    "psnr": r[f"{set_name}/psnr"], "n_random": len(rnd),
+                    "random_ms": "-".join(f"{f(x['latency_ms'] for x in rnd):.0f}" for f in (min, max)) if rnd else None,
+                    "random_best": best[f"{set_name}/psnr"] if best else None,
+                    "random_mean": statistics.fmean(x[f"{set_name}/psnr"] for x in rnd) if rnd else None,
+                    "beats_best_random": best is not None and r[f"{set_name}/psnr"] >= best[f"{set_name}/psnr"]})
+    return out
+
+
+def pareto_front(rows: list[dict[str, Any]], set_name: str) -> list[dict[str, Any]]:
+    """The models no other model beats on both latency and PSNR on ``set_name``, fastest first."""
+    timed = [r for r in latency_rows(rows) if f"{set_name}/psnr" in r]
+    front, best = [], float("-inf")
+    for r in timed:  # fastest first: a model is on the front when it beats the PSNR of every faster one
+        if r[f"{set_name}/psnr"] > best:
+            front.append(r)
+            best = r[f"{set_name}/psnr"]
+    return front
+
+
 def genotype_agreement(runs: str | Path, profile: Profile) -> dict[str, Any]:
     """Whether the ``lwas`` searches of different seeds derived the same genotype, and how many cells and paths differ."""
     runs = Path(runs)
@@ -581,25 +627,52 @@ def budget(profile: Profile) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m hinas.studies.results --profile cpu --runs results/runs [--workers 2] [--stop-at 23:05]``: build the runs."""
-    import argparse
     from datetime import UTC, datetime
 
+    args = build_parser().parse_args(argv)
+    profile = PROFILES[args.profile] if args.targets is None else replace(PROFILES[args.profile], latency_targets=args.targets)
+    deadline = None
+    if args.stop_at:
+        now = datetime.now(UTC)
+        hour, minute = map(int, args.stop_at.split(":"))
+        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
+    left = run_grid(args.runs, profile, data_root=args.data_root, workers=args.workers, deadline=deadline,
+                    log=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
+    print(f"{len(left)} jobs left undone" + (f": {', '.join(j.out for j in left)}" if left else ""))
+    if args.metrics:
+        rows = collect(args.runs, profile, args.data_root)
+        flat = {f"lat{v['target_ms']:g}/{k}": int(x) if isinstance(x, bool) else x
+                for v in latency_verdict(rows, profile.denoise_sets[0]) for k, x in v.items()
+                if isinstance(x, (int, float)) and k != "target_ms"}  # DVC metrics: flat numbers, booleans as 0/1
+        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.metrics), {"left_undone": len(left), **flat})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hinas.studies.results", description=main.__doc__)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
     parser.add_argument("--runs", default="results/runs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data-root", default="")
     parser.add_argument("--stop-at", help="UTC time HH:MM after which no job starts")
-    args = parser.parse_args(argv)
-    deadline = None
-    if args.stop_at:
-        now = datetime.now(UTC)
-        hour, minute = map(int, args.stop_at.split(":"))
-        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
-    left = run_grid(args.runs, PROFILES[args.profile], data_root=args.data_root, workers=args.workers, deadline=deadline,
-                    log=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
-    print(f"{len(left)} jobs left undone" + (f": {', '.join(j.out for j in left)}" if left else ""))
-    return 0
+    parser.add_argument("--targets", type=_targets, help="latency targets instead of the profile's, as MS:RANDOMS,... "
+                        "(e.g. 185:5: a search at 185 ms and 5 random architectures of its network's latency)")
+    parser.add_argument("--metrics", help="write the latency targets' verdicts (latency_verdict) to this JSON file")
+    return parser
+
+
+def _targets(text: str) -> tuple[tuple[float, int], ...]:
+    """``170:5,195`` -> ((170.0, 5), (195.0, 0)): latency targets in ms, each with its number of random architectures."""
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item.strip()]
+        out = tuple((float(p[0]), int(p[1]) if len(p) > 1 else 0) for p in pairs if len(p) <= 2)
+    except ValueError:
+        out = ()
+    if not out or len(out) != len(pairs) or any(ms <= 0 or n < 0 for ms, n in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MS[:RANDOMS],... with MS > 0 and RANDOMS >= 0, "
+                                         "e.g. 170:5,195")
+    return out
 
 
 if __name__ == "__main__":

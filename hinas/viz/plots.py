@@ -230,3 +230,31 @@ def plot_psnr_by_model(rows: Sequence[dict[str, Any]], sets: Sequence[str], titl
     fig.suptitle("\n".join(textwrap.wrap(title, 30 * max(3, cols))), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_latency_front(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], set_name: str, title: str) -> Figure:
+    """PSNR on ``set_name`` against measured latency, dots coloured by family, the Pareto ``front`` as a step line and
+    half of DnCNN-17's latency as a dashed line. ``rows`` and ``front``: :func:`hinas.studies.results.latency_rows`
+    and :func:`~hinas.studies.results.pareto_front`."""
+    chosen = [r for r in rows if r.get("latency_ms") and f"{set_name}/psnr" in r]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for family in dict.fromkeys(r["family"] for r in chosen):
+        mine = [r for r in chosen if r["family"] == family]
+        ax.scatter([r["latency_ms"] for r in mine], [r[f"{set_name}/psnr"] for r in mine], label=family, zorder=3,
+                   color=FAMILY_COLORS.get(family.split("-")[0], "tab:purple"), marker="x" if family == "random-lat" else "o")
+    for r in chosen:
+        if r["family"] != "random-lat":
+            ax.annotate(r["model"], (r["latency_ms"], r[f"{set_name}/psnr"]), xytext=(4, 3), textcoords="offset points",
+                        fontsize=7)
+    ax.step([r["latency_ms"] for r in front], [r[f"{set_name}/psnr"] for r in front], where="post", color="grey",
+            alpha=0.6, label="front", zorder=2)
+    dncnn = [r["latency_ms"] for r in chosen if r["family"] == "dncnn"]
+    if dncnn:
+        ax.axvline(dncnn[0] / 2, color="grey", linestyle="--", linewidth=1, label="half DnCNN-17")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel(f"{set_name} PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
+    fig.tight_layout()
+    return fig
