@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--size", type=int, default=256, help="input side in pixels (default: %(default)s)")
     prof.add_argument("--filters", type=int, default=20, help="filter multiplier of the deployed network (default: %(default)s)")
     prof.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    prof.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                      help="what the inference form computes in; bf16 needs native support (default: %(default)s)")
     prof.add_argument("--out", metavar="FILE", required=True, help="table JSON: re-used when it holds here, else measured")
     prof.add_argument("--force", action="store_true", help="measure again even where FILE holds here or was measured elsewhere")
     return parser
@@ -374,10 +376,10 @@ def _profile(args: argparse.Namespace) -> int:
     keep_freed_memory()
     space = preset(args.space)
     if args.force:
-        table = measure(space, args.filters, args.size, args.device, log=print)
+        table = measure(space, args.filters, args.size, args.device, log=print, precision=args.precision)
         save(table, args.out)
     else:
-        table = load_or_measure(args.out, space, args.filters, args.size, args.device, log=print)
+        table = load_or_measure(args.out, space, args.filters, args.size, args.device, log=print, precision=args.precision)
     print(f"{'op':>14} " + " ".join(f"x{w:<7g}" for w in space.widths) + " (ms per edge)")
     for op, row in table.ops.items():
         print(f"{op:>14} " + " ".join(f"{v:8.2f}" for v in row))

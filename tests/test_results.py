@@ -84,10 +84,15 @@ def test_latency_targets_add_searches_that_read_one_table_and_randoms_matched_to
         assert found.cfg.latency_table == results.LATENCY_TABLE and found.cfg.latency_filters == table.cfg[1] == 8
         unconstrained = jobs["search/denoise-lwas-s0"].cfg
         assert found.cfg == unconstrained.__class__(**{**unconstrained.__dict__, "latency_target_ms": target,
-                                                       "latency_table": results.LATENCY_TABLE, "latency_filters": 8})
+                                                       "latency_table": results.LATENCY_TABLE, "latency_filters": 8,
+                                                       "latency_precision": profile.latency_precision})
         matched = [j for j in jobs.values() if j.out.startswith(f"genotype/denoise-lat{target:g}-random-")]
         assert len(matched) == randoms and all(j.needs == (found.out,) and j.cfg[2] == found.out for j in matched)
-    assert [j for j in jobs.values() if j.kind == "evaluate"][-1].info["model"] == "dncnn-17"
+    order = list(jobs.values())
+    assert order[0] is table and table.exclusive  # measured first, alone
+    measure = order[-1]
+    assert measure.kind == "measure" and measure.exclusive  # every model timed together, alone, at the end
+    assert set(measure.needs) == {j.out for j in order if j.kind == "evaluate"}
 
 
 @pytest.mark.parametrize("text, parsed", [("170:5,195", ((170.0, 5), (195.0, 0))), ("80.5:2", ((80.5, 2),))])
@@ -174,7 +179,7 @@ def test_a_failed_run_drops_exactly_what_needs_it():
     left = results._without_dependents([j for j in jobs if j is not search], search)
     dropped = {j.out for j in jobs} - {j.out for j in left}
     assert dropped == {"search/denoise-lwas-s0", "retrain/denoise-sigma25/hinas-lwas-s0",
-                       "evaluate/denoise-sigma25/hinas-lwas-s0"}
+                       "evaluate/denoise-sigma25/hinas-lwas-s0", results.LATENCY_MEASURED}
 
 
 def test_a_dncnn_checkpoint_with_a_bad_shape_is_refused(tmp_path):

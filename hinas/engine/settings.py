@@ -125,6 +125,8 @@ class SearchConfig(RunConfig):
     """The filter multiplier the derived network is retrained and run at (``train.filters``), which latency is for."""
     latency_size: int = 256
     """Input side (pixels) latency is measured at."""
+    latency_precision: Literal["float32", "bf16"] = "float32"
+    """What the deployed inference form computes in (bf16 only where the device has it natively), which latency is for."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

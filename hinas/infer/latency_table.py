@@ -9,8 +9,10 @@ above an identity-only cell's, per edge. Then a few random networks (seeds of th
 amount by which their measured latency exceeds the table's sum is added to every cell's fixed cost, which absorbs
 what part-by-part costs miss (mixed cells merge fewer convolutions than uniform ones; layouts between parts).
 
-On the CPU with one thread, times are the thread's CPU time (:func:`clock`): the latency the network has on
-an otherwise idle machine, which a shared machine cannot show in wall time. Every time is the fastest of
+On the CPU with one thread, times are the thread's CPU time (:func:`clock`), which does not count time the
+thread waits for the core. It does not shield a table from a busy neighbour, though: on the 2-core test machine
+a search on the other core stretched every part by up to 2x (shared caches and memory bandwidth), so measure on
+an otherwise idle machine (``hinas.studies.results`` runs its latency jobs alone). Every time is the fastest of
 ``repeats`` runs, and a part that several probes run alike (the stem, a decoder, a scaler, a cell) takes its
 fastest instance: the figure least disturbed by other load. Only the time between parts (``glue``) is a median,
 being a difference of two times.
@@ -29,7 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,6 +47,8 @@ from hinas.nas.network import Network
 from hinas.nas.ops import get_op
 from hinas.nas.space import SearchSpace
 
+TablePrecision = Literal["float32", "bf16"]
+"""What the inference form computes in while a table is measured (one table holds for one)."""
 CALIBRATION_SEED = 10_000
 """Seeds of the calibration networks start here, away from the small seeds benchmarks draw their genotypes from."""
 MAX_BYTES = 1 << 20
@@ -60,28 +64,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def inference_precision(device: torch.device) -> str:
-    """The dtype the inference form computes in on ``device``, read from a tiny network's inference form (built
-    from a forked random state, so asking leaves a run's random stream as it was)."""
-    space = SearchSpace(layers=1, nodes=1, filters=1, widths=(1.0,), ops=("identity",))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        fast = InferenceModel(Network(random_genotype(space, 0)).eval().to(device))
-    return str(next(b for b in fast.buffers() if b.is_floating_point()).dtype).removeprefix("torch.")
-
-
 def clock(device: torch.device) -> tuple[str, Callable[[], float]]:
     """How latency is timed: on the CPU with one thread, the CPU time of the thread that runs every kernel (time
-    other processes take from it is not counted, so a loaded machine still measures its idle latency); else wall
+    other processes take the core for is not counted, though they still slow it through shared caches); else wall
     time. Returns its name and the clock in seconds."""
     if device.type == "cpu" and torch.get_num_threads() == 1:
         return "thread_time", time.thread_time
     return "wall", time.perf_counter
 
 
-def environment(device: torch.device, size: int) -> dict[str, Any]:
-    """What a latency depends on besides the network: where and how it runs, on what input, timed how."""
+def environment(device: torch.device, size: int, precision: TablePrecision = "float32") -> dict[str, Any]:
+    """What a latency depends on besides the network: where and how it runs, in which precision, on what input,
+    timed how."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    return {"device": device.type, "device_name": name, "precision": inference_precision(device),
+    return {"device": device.type, "device_name": name, "precision": precision,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "size": size, "clock": clock(device)[0]}
 
 
@@ -96,7 +92,8 @@ def check(table: LatencyTable, space: SearchSpace, filters: int, env: dict[str, 
                           "it again with `hinas profile` (or delete it and let the search measure it)")
 
 
-def load(path: str | Path, space: SearchSpace, filters: int, size: int, device: str = "cpu") -> LatencyTable:
+def load(path: str | Path, space: SearchSpace, filters: int, size: int, device: str = "cpu",
+         precision: TablePrecision = "float32") -> LatencyTable:
     """A stored table, checked against this machine (:func:`check`)."""
     path = Path(path)
     try:
@@ -109,7 +106,7 @@ def load(path: str | Path, space: SearchSpace, filters: int, size: int, device: 
         raise ConfigError(f"{path}: cannot read latency table ({err})") from None
     dev = pick_device(device)
     try:
-        check(table, space, filters, environment(dev, size))
+        check(table, space, filters, environment(dev, size, precision))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     return table
@@ -123,12 +120,12 @@ def save(table: LatencyTable, path: str | Path) -> Path:
 
 
 def load_or_measure(path: str | Path, space: SearchSpace, filters: int, size: int, device: str = "cpu",
-                    log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+                    log: Callable[[str], None] = lambda s: None, precision: TablePrecision = "float32") -> LatencyTable:
     """The table at ``path`` when it holds here; measured and written there when there is none."""
     if Path(path).exists():
-        return load(path, space, filters, size, device)
+        return load(path, space, filters, size, device, precision)
     log(f"measuring the latency table into {path}")
-    table = measure(space, filters, size, device, log=log)
+    table = measure(space, filters, size, device, log=log, precision=precision)
     save(table, path)
     return table
 
@@ -174,12 +171,13 @@ def _converted(model: torch.nn.Module, dtype: torch.dtype, x: torch.Tensor) -> t
     return model(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
 
 
-def time_network(genotype: Genotype, filters: int, x: torch.Tensor, repeats: int) -> tuple[float, dict[str, float]]:
-    """Milliseconds of the inference form's forward pass, and of each of its top-level parts (``cells.0``,
-    ``scale1.2``, ``decoder`` ...), each the fastest of ``repeats`` runs after one warm-up run."""
+def time_network(genotype: Genotype, filters: int, x: torch.Tensor, repeats: int,
+                 precision: TablePrecision = "float32") -> tuple[float, dict[str, float]]:
+    """Milliseconds of the inference form's forward pass in ``precision``, and of each of its top-level parts
+    (``cells.0``, ``scale1.2``, ``decoder`` ...), each the fastest of ``repeats`` runs after one warm-up run."""
     device = x.device
     now = clock(device)[1]
-    model = InferenceModel(Network(genotype, filters).eval().to(device))
+    model = InferenceModel(Network(genotype, filters).eval().to(device), precision=precision)
     parts: dict[str, list[float]] = defaultdict(list)
     started: dict[str, float] = {}
 
@@ -242,17 +240,20 @@ def _layer_inputs(space: SearchSpace, path: tuple[int, ...]) -> list[tuple[int, 
 
 
 def measure(space: SearchSpace, filters: int = 20, size: int = 256, device: str = "cpu", repeats: int = 3,
-            calibrate: int = 8, log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+            calibrate: int = 8, log: Callable[[str], None] = lambda s: None,
+            precision: TablePrecision = "float32") -> LatencyTable:
     """Measure the latency table of ``space`` at filter multiplier ``filters`` on a ``size`` x ``size`` input.
 
-    Runs in the inference form on ``device`` with the current torch thread count; about 25 networks of
+    Runs in the inference form in ``precision`` (bf16 needs native support: refused elsewhere) on ``device``
+    with the current torch thread count; one table holds for one precision. Measure on an otherwise idle machine:
+    here, another process on the second core stretched every part by up to 2x, thread CPU time included. about 25 networks of
     ``repeats`` + 1 runs each (about a minute for the paper's denoising space at F=20 on two cores). The
     global random state is left as it was (the networks' random weights are drawn from a forked one).
     """
     dev = pick_device(device)
     sp = space.replace(filters=filters)
     started = time.perf_counter()
-    env = environment(dev, size)
+    env = environment(dev, size, precision)
     ops = [op for op in sp.ops if not get_op(op).is_zero]
     if "identity" not in ops:
         raise ConfigError("latency table: the space needs the identity op (identity-only probes measure the cells' overhead)")
@@ -265,11 +266,11 @@ def measure(space: SearchSpace, filters: int = 20, size: int = 256, device: str 
         x = torch.rand(1, sp.in_channels, size, size, device=dev)
         for name, path in _probe_paths(sp).items():
             for op in ops if name in ("zero", "up") else ["identity"]:
-                total, parts = time_network(uniform_genotype(sp, op, path), filters, x, repeats)
+                total, parts = time_network(uniform_genotype(sp, op, path), filters, x, repeats, precision)
                 log(f"probe {op} on path {list(path)}: {total:.1f} ms")
                 _collect(sp, path, parts, total, cell_times, op, scaler_times, decoder, fixed)
         calibration = [random_genotype(sp, CALIBRATION_SEED + i) for i in range(calibrate)]
-        measured = [time_network(g, filters, x, repeats) for g in calibration]
+        measured = [time_network(g, filters, x, repeats, precision) for g in calibration]
     table = _assemble(sp, ops, cell_times, scaler_times, decoder, fixed, env)
     table = _calibrated(table, calibration, measured)
     table.calibration["seconds"] = round(time.perf_counter() - started, 1)

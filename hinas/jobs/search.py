@@ -132,7 +132,8 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
 
             path = cfg.latency_table or self.run / "latency_table.json"
             self.latency = load_or_measure(path, cfg.space, cfg.latency_filters, cfg.latency_size, str(self.device),
-                                           log=lambda message: self.run.log(event="latency", message=message))
+                                           log=lambda message: self.run.log(event="latency", message=message),
+                                           precision=cfg.latency_precision)
 
     def latency_loss(self) -> torch.Tensor | None:
         """The architecture loss's latency term (:class:`SearchConfig` ``latency_weight``, ``latency_target_ms``)."""

@@ -35,6 +35,8 @@ from hinas.studies.aggregate import bootstrap_difference, spread
 
 LATENCY_TABLE = "latency/latency_table.json"
 """The latency table of a profile with latency targets, in its runs folder (measured once, by the ``table`` job)."""
+LATENCY_MEASURED = "latency/measured"
+"""The ``measure`` job's folder: every latency-level model's measured latency (``latency.json``), timed together."""
 LATENCY_MATCH = 0.1
 """Random architectures count as of a searched network's latency within this fraction of its predicted latency."""
 
@@ -76,6 +78,9 @@ class Profile:
     random architectures of the found network's predicted latency, within ``LATENCY_MATCH``, are retrained beside it)."""
     latency_table_size: int = 256
     """Side of the input the latency table (``LATENCY_TABLE``) and every model's measured latency are for."""
+    latency_precision: str = "float32"
+    """What derived networks' inference form computes in for the table and the measured latencies (DnCNN-17 takes
+    its fastest form whatever this is)."""
     hardware: str = "2 shared CPU cores (no GPU), one thread per process"
 
     @property
@@ -120,7 +125,8 @@ PROFILES: dict[str, Profile] = {
     "latency": Profile(
         search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
         sr_data="T91", denoise_sets=("Set12", "BSD68"), sr_sets=(), order=(("denoise", 25),), seeds=(0,), variant_seeds=0,
-        randoms=0, search=EQUAL_TIME_SEARCH, train=EQUAL_TIME_TRAIN, latency_size=256, latency_targets=((170, 5), (195, 0)),
+        randoms=0, search=EQUAL_TIME_SEARCH, train=EQUAL_TIME_TRAIN, latency_size=256, latency_targets=((140, 5), (165, 0)),
+        latency_precision="bf16",
     ),
 }
 """``smoke`` builds in a few minutes for CI; ``cpu`` is what RESULTS.md reported first (one seed, 200 iterations);
@@ -140,6 +146,8 @@ class Job:
     cfg: Any = None
     needs: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict, compare=False)
+    exclusive: bool = False
+    """Runs alone: it times networks, and a job on the other core slows them (see :mod:`hinas.infer.latency_table`)."""
 
 
 def _level(task: str, level: int) -> str:
@@ -151,6 +159,11 @@ def grid(profile: Profile, data_root: str = "") -> list[Job]:
     p = profile
     root = [f"data_root={data_root}"] if data_root else []
     jobs: list[Job] = []
+    if p.latency_targets:  # first, alone, while the machine is idle
+        space = resolve(SearchConfig, p.search_preset, overrides=list(p.search)).space
+        filters = resolve(TrainConfig, p.train_preset, overrides=list(p.train)).filters
+        jobs.append(Job("table", str(Path(LATENCY_TABLE).parent), (space, filters, p.latency_table_size, p.latency_precision),
+                        exclusive=True))
     for task, level in p.order:
         if task == "denoise" and not any(j.kind == "search" and j.out.startswith("search/denoise") for j in jobs):
             jobs += _denoise_searches(p, root)
@@ -167,6 +180,10 @@ def grid(profile: Profile, data_root: str = "") -> list[Job]:
             sets = p.denoise_sets if task == "denoise" else p.sr_sets
             eval_cfg = resolve(EvalConfig, overrides=[*root, f"model={train_out}", f"sets={list(sets)}", f"sigmas=[{level}]"])
             jobs.append(Job("evaluate", f"evaluate/{task}-{_level(task, level)}/{name}", eval_cfg, (train_out,), info))
+    if p.latency_targets:
+        timed = tuple(j.out for j in jobs
+                      if j.kind == "evaluate" and (j.info["task"], j.info["level"]) == ("denoise", p.sigmas[0]))
+        jobs.append(Job("measure", LATENCY_MEASURED, (p.latency_table_size, p.latency_precision), timed, exclusive=True))
     return jobs
 
 
@@ -183,11 +200,11 @@ def _denoise_searches(p: Profile, root: list[str]) -> list[Job]:
     jobs += [Job("genotype", f"genotype/denoise-random-{i}", (space, i)) for i in range(p.randoms)]
     if p.latency_targets:
         filters = resolve(TrainConfig, p.train_preset, overrides=list(p.train)).filters
-        jobs.append(Job("table", str(Path(LATENCY_TABLE).parent), (space, filters, p.latency_table_size)))
         for target, randoms in p.latency_targets:
             found = f"search/denoise-lat{target:g}"
             jobs.append(Job("search", found, replace(jobs[0].cfg, latency_target_ms=target, latency_table=LATENCY_TABLE,
-                                                     latency_filters=filters, latency_size=p.latency_table_size),
+                                                     latency_filters=filters, latency_size=p.latency_table_size,
+                                                     latency_precision=p.latency_precision),
                             (str(Path(LATENCY_TABLE).parent),)))
             jobs += [Job("genotype", f"genotype/denoise-lat{target:g}-random-{i}", (space, i, found), (found,))
                      for i in range(randoms)]
@@ -241,6 +258,8 @@ def done(runs: Path, job: Job) -> bool:
         return (d / "genotype.json").is_file()
     if job.kind == "table":
         return (runs / LATENCY_TABLE).is_file()
+    if job.kind == "measure":  # every model it times, timed in one go (a model added later has all timed again)
+        return set(job.needs) <= set(_measured(runs))
     return (d / "metrics.json").is_file() and (job.kind != "evaluate" or (d / "complexity.json").is_file())
 
 
@@ -260,8 +279,14 @@ def run_job(runs: str, job: Job, profile: Profile) -> str:
     if job.kind == "table":
         from hinas.infer.latency_table import load_or_measure
 
-        space, filters, size = job.cfg
-        load_or_measure(Path(runs) / LATENCY_TABLE, space, filters, size)
+        space, filters, size, precision = job.cfg
+        load_or_measure(Path(runs) / LATENCY_TABLE, space, filters, size, precision=precision)
+    elif job.kind == "measure":
+        size, precision = job.cfg
+        evaluated = {j.out: j for j in grid(profile) if j.kind == "evaluate"}
+        d.mkdir(parents=True, exist_ok=True)
+        write_json(d / "latency.json", {out: measured_latency(Path(runs) / evaluated[out].cfg.model / "best.pt", size, precision)
+                                        for out in job.needs})
     elif job.kind == "genotype" and len(job.cfg) == 3:  # random, of a searched network's predicted latency
         space, index, found = job.cfg
         table = _table(Path(runs))
@@ -281,19 +306,16 @@ def run_job(runs: str, job: Job, profile: Profile) -> str:
         if not (d / "metrics.json").is_file():
             evaluate_run(cfg, d, overwrite=d.is_dir(), progress=False)
         write_json(d / "complexity.json",
-                   complexity_and_latency(Path(cfg.model) / "best.pt", profile.latency_size, profile.latency_repeats,
-                                          profile.latency_table_size if profile.latency_targets else 0))
+                   complexity_and_latency(Path(cfg.model) / "best.pt", profile.latency_size, profile.latency_repeats))
     return job.out
 
 
-def complexity_and_latency(checkpoint: Path, size: int, repeats: int, table_size: int = 0) -> dict[str, Any]:
+def complexity_and_latency(checkpoint: Path, size: int, repeats: int) -> dict[str, Any]:
     """Parameters, FLOPs and latency for a ``size`` x ``size`` output at one thread, in the form evaluation runs.
 
     A derived network runs in its inference form (:class:`hinas.infer.backends.InferenceModel`, eager PyTorch),
     DnCNN as trained (eval mode). Latency is the median wall time of ``repeats`` runs after a warm-up, and
-    the median CPU time of the process: on a shared machine the CPU time is the steadier figure. With
-    ``table_size``, also ``table_ms``: the latency at that input side on the latency table's clock, fastest of 5,
-    the derived network in its inference form, DnCNN in its best form (:func:`~hinas.infer.latency_table.plain_forms`).
+    the median CPU time of the process: on a shared machine the CPU time is the steadier figure.
     """
     from hinas.hardware import keep_freed_memory
     from hinas.infer.backends import InferenceModel
@@ -313,18 +335,29 @@ def complexity_and_latency(checkpoint: Path, size: int, repeats: int, table_size
             runner(x)
             walls.append(time.perf_counter() - w)
             cpus.append(time.process_time() - c)
-    out = {"params": count_params(net), "flops": count_flops(net, shape), "input": list(shape), "threads": 1,
-           "form": "inference (torch)" if isinstance(net, Network) else "as trained (eval)",
-           "latency_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "repeats": repeats}
-    if table_size:
-        from hinas.infer.latency_table import fastest_ms, plain_forms
+    return {"params": count_params(net), "flops": count_flops(net, shape), "input": list(shape), "threads": 1,
+            "form": "inference (torch)" if isinstance(net, Network) else "as trained (eval)",
+            "latency_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "repeats": repeats}
 
-        x = torch.rand(1, net.in_channels, table_size // net.scale, table_size // net.scale)
-        forms = {"inference form, float32": runner} if isinstance(net, Network) else plain_forms(net)
-        timed = {name: fastest_ms(run, x, 5) for name, run in forms.items()}
-        best = min(timed, key=timed.__getitem__)
-        out.update(table_size=table_size, table_ms=timed[best], table_form=best, table_forms=timed)
-    return out
+
+def measured_latency(checkpoint: Path, size: int, precision: str) -> dict[str, Any]:
+    """Milliseconds for one ``size`` x ``size`` input on the latency table's clock at one thread, fastest of 5: a
+    derived network in its inference form in ``precision`` (what the table predicts), DnCNN in its best plain form
+    (:func:`~hinas.infer.latency_table.plain_forms`), each form's time kept."""
+    from hinas.hardware import keep_freed_memory
+    from hinas.infer.backends import InferenceModel
+    from hinas.infer.latency_table import fastest_ms, plain_forms
+    from hinas.nas.network import Network, load_model
+
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    net = load_model(checkpoint).eval()
+    x = torch.rand(1, net.in_channels, size // net.scale, size // net.scale)
+    forms = ({f"inference form, {precision}": InferenceModel(net, precision=precision)} if isinstance(net, Network)
+             else plain_forms(net))
+    timed = {name: fastest_ms(run, x, 5) for name, run in forms.items()}
+    best = min(timed, key=timed.__getitem__)
+    return {"size": size, "ms": timed[best], "form": best, "forms": timed}
 
 
 def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers: int = 2, deadline: float | None = None,
@@ -353,10 +386,14 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         while running or (pending and (deadline is None or time.time() < deadline)):
             ready_jobs = [j for j in pending if all(n in finished for n in j.needs)]
+            alone = any(j.exclusive for j, _ in running.values())
             for job in ready_jobs[: workers - len(running)] if deadline is None or time.time() < deadline else []:
+                if alone or (job.exclusive and running):  # an exclusive job waits for the machine to empty
+                    break
                 pending.remove(job)
                 running[pool.submit(run_job, str(runs), job, profile)] = (job, time.time())
                 log(f"start {job.out}")
+                alone = job.exclusive
             if not running:
                 raise RuntimeError(f"jobs wait on runs that never finish: {[j.out for j in pending]}")
             ready, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -391,6 +428,7 @@ def collect(runs: str | Path, profile: Profile, data_root: str = "") -> list[dic
     runs = Path(runs)
     rows: list[dict[str, Any]] = []
     bicubic: dict[int, dict[str, Any]] = {}
+    timed = _measured(runs)
     for job in grid(profile, data_root):
         if job.kind != "evaluate" or not done(runs, job):
             continue
@@ -402,8 +440,8 @@ def collect(runs: str | Path, profile: Profile, data_root: str = "") -> list[dic
                "variant": info["variant"], "seed": info["seed"], "params": cx["params"], "gflops": cx["flops"] / 1e9,
                "latency_s": cx["latency_s"], "cpu_s": cx["cpu_s"], "train_s": trained["seconds"],
                "iterations": trained["iterations"]}
-        if "table_ms" in cx:
-            row.update(latency_ms=cx["table_ms"], latency_form=cx["table_form"], target_ms=info.get("target_ms"),
+        if job.out in timed:
+            row.update(latency_ms=timed[job.out]["ms"], latency_form=timed[job.out]["form"], target_ms=info.get("target_ms"),
                        predicted_ms=_predicted(runs, job.cfg.model))
         for r in metrics["results"]:
             row[f"{r['set']}/psnr"], row[f"{r['set']}/ssim"] = r["psnr"], r["ssim"]
@@ -414,6 +452,12 @@ def collect(runs: str | Path, profile: Profile, data_root: str = "") -> list[dic
                 bicubic[info["level"]][f"{r['set']}/ssim"] = r["input_ssim"]
         rows.append(row)
     return sorted(rows + list(bicubic.values()), key=lambda r: (r["task"] != "denoise", r["level"]))  # stable: grid order within
+
+
+def _measured(runs: Path) -> dict[str, dict[str, Any]]:
+    """The ``measure`` job's latencies by evaluation run (empty before it ran)."""
+    path = runs / LATENCY_MEASURED / "latency.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _table(runs: Path) -> LatencyTable:
