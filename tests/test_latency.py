@@ -133,6 +133,21 @@ def test_a_table_measured_elsewhere_is_refused(tmp_path, key, value):
         latency_table.load(latency_table.save(synthetic(space, env), path), space, 20, 32)
 
 
+def test_a_float32_table_does_not_hold_for_a_bf16_deployment(tmp_path):
+    space = small_space()
+    path = latency_table.save(synthetic(space, latency_table.environment(CPU, 32)), tmp_path / "t.json")
+    with pytest.raises(ConfigError, match="precision 'float32' \\(here 'bf16'\\)"):
+        latency_table.load(path, space, space.filters, 32, precision="bf16")
+
+
+def test_a_bf16_table_is_refused_where_bf16_is_not_native(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("hinas.infer.backends.bf16_native", lambda device: False)
+    code = main(["profile", "--space", "paper-denoise", "--size", "16", "--filters", "2", "--precision", "bf16",
+                 "--out", str(tmp_path / "t.json")])
+    assert code != 0 and "bf16 needs native bf16 support" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+
+
 def test_measuring_a_tiny_space_writes_a_table_that_is_then_reused(tmp_path, monkeypatch, one_thread):
     space = small_space(layers=2, nodes=2, filters=2)
     state = torch.random.get_rng_state()
