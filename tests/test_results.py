@@ -173,6 +173,16 @@ def test_published_figures_sit_beside_ours_only_for_the_same_model_set_and_level
     json.dumps(table)  # the report writes it as JSON
 
 
+def test_an_exclusive_job_waits_for_an_empty_machine_and_runs_alone():
+    a, b, c = (results.Job("search", name) for name in "abc")
+    alone = results.Job("measure", "timing", exclusive=True)
+    assert results.startable([a, b, c], [], 2) == [a, b]
+    assert results.startable([alone, a], [b], 2) == []  # waits; a does not overtake it
+    assert results.startable([a, alone, b], [], 2) == [a]  # stops at it
+    assert results.startable([alone, a], [], 2) == [alone]  # empty machine: it starts, alone
+    assert results.startable([a, b], [alone], 2) == []
+
+
 def test_a_failed_run_drops_exactly_what_needs_it():
     jobs = results.grid(results.PROFILES["smoke"])
     search = next(j for j in jobs if j.out == "search/denoise-lwas-s0")

@@ -284,9 +284,9 @@ def run_job(runs: str, job: Job, profile: Profile) -> str:
     elif job.kind == "measure":
         size, precision = job.cfg
         evaluated = {j.out: j for j in grid(profile) if j.kind == "evaluate"}
-        d.mkdir(parents=True, exist_ok=True)
-        write_json(d / "latency.json", {out: measured_latency(Path(runs) / evaluated[out].cfg.model / "best.pt", size, precision)
-                                        for out in job.needs})
+        d.mkdir(parents=True, exist_ok=True)  # models of other targets (other DVC experiments) keep their times
+        write_json(d / "latency.json", {**_measured(Path(runs)), **{
+            out: measured_latency(Path(runs) / evaluated[out].cfg.model / "best.pt", size, precision) for out in job.needs}})
     elif job.kind == "genotype" and len(job.cfg) == 3:  # random, of a searched network's predicted latency
         space, index, found = job.cfg
         table = _table(Path(runs))
@@ -386,14 +386,11 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         while running or (pending and (deadline is None or time.time() < deadline)):
             ready_jobs = [j for j in pending if all(n in finished for n in j.needs)]
-            alone = any(j.exclusive for j, _ in running.values())
-            for job in ready_jobs[: workers - len(running)] if deadline is None or time.time() < deadline else []:
-                if alone or (job.exclusive and running):  # an exclusive job waits for the machine to empty
-                    break
+            late = deadline is not None and time.time() >= deadline
+            for job in [] if late else startable(ready_jobs, [j for j, _ in running.values()], workers):
                 pending.remove(job)
                 running[pool.submit(run_job, str(runs), job, profile)] = (job, time.time())
                 log(f"start {job.out}")
-                alone = job.exclusive
             if not running:
                 raise RuntimeError(f"jobs wait on runs that never finish: {[j.out for j in pending]}")
             ready, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -407,6 +404,18 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
                 finished.add(job.out)
                 log(f"done  {job.out} ({time.time() - start:.0f} s)")
     return failed + pending
+
+
+def startable(ready: list[Job], running: list[Job], workers: int) -> list[Job]:
+    """The ready jobs to start now, in grid order, on ``workers`` processes of which ``running`` are busy: an
+    exclusive job starts only on an empty machine and nothing starts beside it (a later job never overtakes it)."""
+    chosen: list[Job] = []
+    for job in ready[: max(0, workers - len(running))]:
+        busy = running + chosen
+        if any(j.exclusive for j in busy) or (job.exclusive and busy):
+            break
+        chosen.append(job)
+    return chosen
 
 
 def _without_dependents(pending: list[Job], job: Job) -> list[Job]:
