@@ -285,8 +285,8 @@ def run_job(runs: str, job: Job, profile: Profile) -> str:
         size, precision = job.cfg
         evaluated = {j.out: j for j in grid(profile) if j.kind == "evaluate"}
         d.mkdir(parents=True, exist_ok=True)  # models of other targets (other DVC experiments) keep their times
-        write_json(d / "latency.json", {**_measured(Path(runs)), **{
-            out: measured_latency(Path(runs) / evaluated[out].cfg.model / "best.pt", size, precision) for out in job.needs}})
+        write_json(d / "latency.json", {**_measured(Path(runs)), **measured_latencies(
+            {out: Path(runs) / evaluated[out].cfg.model / "best.pt" for out in job.needs}, size, precision)})
     elif job.kind == "genotype" and len(job.cfg) == 3:  # random, of a searched network's predicted latency
         space, index, found = job.cfg
         table = _table(Path(runs))
@@ -340,10 +340,12 @@ def complexity_and_latency(checkpoint: Path, size: int, repeats: int) -> dict[st
             "latency_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "repeats": repeats}
 
 
-def measured_latency(checkpoint: Path, size: int, precision: str) -> dict[str, Any]:
-    """Milliseconds for one ``size`` x ``size`` input on the latency table's clock at one thread, fastest of 5: a
-    derived network in its inference form in ``precision`` (what the table predicts), DnCNN in its best plain form
-    (:func:`~hinas.infer.latency_table.plain_forms`), each form's time kept."""
+def measured_latencies(checkpoints: dict[str, Path], size: int, precision: str, rounds: int = 10) -> dict[str, dict[str, Any]]:
+    """Milliseconds for one ``size`` x ``size`` input on the latency table's clock at one thread: a derived network in
+    its inference form in ``precision`` (what the table predicts), DnCNN in each plain form
+    (:func:`~hinas.infer.latency_table.plain_forms`), its best form counting. Every form of every model is timed once
+    per round, round after round, and keeps its fastest: interleaved, so that a disturbance falls on all alike (one
+    model timed 5 times in a row, then the next, measured the same architecture up to 28% apart)."""
     from hinas.hardware import keep_freed_memory
     from hinas.infer.backends import InferenceModel
     from hinas.infer.latency_table import fastest_ms, plain_forms
@@ -351,13 +353,24 @@ def measured_latency(checkpoint: Path, size: int, precision: str) -> dict[str, A
 
     keep_freed_memory()
     torch.set_num_threads(1)
-    net = load_model(checkpoint).eval()
-    x = torch.rand(1, net.in_channels, size // net.scale, size // net.scale)
-    forms = ({f"inference form, {precision}": InferenceModel(net, precision=precision)} if isinstance(net, Network)
-             else plain_forms(net))
-    timed = {name: fastest_ms(run, x, 5) for name, run in forms.items()}
-    best = min(timed, key=timed.__getitem__)
-    return {"size": size, "ms": timed[best], "form": best, "forms": timed}
+    forms: dict[tuple[str, str], Any] = {}
+    inputs: dict[str, torch.Tensor] = {}
+    for name, checkpoint in checkpoints.items():
+        net = load_model(checkpoint).eval()
+        inputs[name] = torch.rand(1, net.in_channels, size // net.scale, size // net.scale)
+        runners = ({f"inference form, {precision}": InferenceModel(net, precision=precision)} if isinstance(net, Network)
+                   else plain_forms(net))
+        forms.update({(name, form): run for form, run in runners.items()})
+    best = {key: float("inf") for key in forms}
+    for _ in range(rounds):
+        for (name, form), run in forms.items():
+            best[name, form] = min(best[name, form], fastest_ms(run, inputs[name], 1))
+    out = {}
+    for name in checkpoints:
+        timed = {form: ms for (n, form), ms in best.items() if n == name}
+        form = min(timed, key=timed.__getitem__)
+        out[name] = {"size": size, "ms": timed[form], "form": form, "forms": timed, "rounds": rounds}
+    return out
 
 
 def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers: int = 2, deadline: float | None = None,
@@ -674,7 +687,8 @@ def budget(profile: Profile) -> str:
     train = resolve(TrainConfig, profile.train_preset, overrides=list(profile.train))
     space = search.space
     return (f"search {search.epochs} epochs x {search.patches_per_image} patch/image, batch {search.batch} of {search.patch}px, "
-            f"supernet L={space.layers} B={space.nodes} F={space.filters}; retrain {train.iterations} it x batch {train.batch} "
+            f"supernet L={space.layers} B={space.nodes} F={space.filters}; retrain "
+            f"{f'{train.minutes:g} CPU-minutes' if train.minutes else f'{train.iterations} it'} x batch {train.batch} "
             f"of {train.patch}px, F={train.filters}; {profile.hardware}")
 
 
