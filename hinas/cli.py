@@ -289,10 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"best validation PSNR {m['val_psnr']:.2f} dB (input {m['input_psnr']:.2f} dB) at iteration "
                   f"{m['best_iteration']}; {m['params_m']:.3f} M parameters; model: {Path(args.out) / 'best.pt'}")
         else:
-            from hinas.hardware import keep_freed_memory
             from hinas.jobs.evaluate import evaluate_run
 
-            keep_freed_memory()
             m = evaluate_run(cfg, args.out, overwrite=args.overwrite, progress=progress)
             for r in m["results"]:
                 level = f"sigma {r['sigma']:g}" if r["task"] == "denoise" else f"x{r['scale']}"

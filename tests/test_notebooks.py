@@ -22,7 +22,8 @@ def test_each_notebook_has_one_parameters_cell():
 def test_papermill_parameters_change_the_search(tmp_path):
     out_dir = tmp_path / "search"
     executed = tmp_path / "01.ipynb"
-    parameters = {"epochs": 2, "arch_start": 1, "select_from": 1, "patches_per_image": 2, "out_dir": str(out_dir)}
+    parameters = {"preset": "smoke", "epochs": 2, "arch_start": 1, "select_from": 1, "patches_per_image": 2,
+                  "out_dir": str(out_dir)}
     pm.execute_notebook(NOTEBOOKS / "01_search.ipynb", executed, cwd=tmp_path, kernel_name="python3", progress_bar=False,
                         parameters=parameters)
     history = json.loads((out_dir / "history.json").read_text())
