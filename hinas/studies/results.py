@@ -159,14 +159,16 @@ def grid(profile: Profile, data_root: str = "") -> list[Job]:
     p = profile
     root = [f"data_root={data_root}"] if data_root else []
     jobs: list[Job] = []
+    table = None
     if p.latency_targets:  # first, alone, while the machine is idle
         space = resolve(SearchConfig, p.search_preset, overrides=list(p.search)).space
         filters = resolve(TrainConfig, p.train_preset, overrides=list(p.train)).filters
-        jobs.append(Job("table", str(Path(LATENCY_TABLE).parent), (space, filters, p.latency_table_size, p.latency_precision),
-                        exclusive=True))
+        table = Job("table", str(Path(LATENCY_TABLE).parent), (space, filters, p.latency_table_size, p.latency_precision),
+                    exclusive=True)
+        jobs.append(table)
     for task, level in p.order:
         if task == "denoise" and not any(j.kind == "search" and j.out.startswith("search/denoise") for j in jobs):
-            jobs += _denoise_searches(p, root)
+            jobs += _denoise_searches(p, root, table)
         if task == "sr":
             jobs += _sr_search(p, root, level)
         for name, info, genotype, dep in _models(p, task, level):
@@ -187,8 +189,9 @@ def grid(profile: Profile, data_root: str = "") -> list[Job]:
     return jobs
 
 
-def _denoise_searches(p: Profile, root: list[str]) -> list[Job]:
-    """One search per sharing variant (``p.seeds`` of them for lwas) over all of ``p.sigmas``, and the random draws."""
+def _denoise_searches(p: Profile, root: list[str], table: Job | None = None) -> list[Job]:
+    """One search per sharing variant (``p.seeds`` of them for lwas) over all of ``p.sigmas``, and the random draws;
+    with ``table`` (the latency-table job), the latency-target searches and their random architectures too."""
     jobs = []
     for variant in VARIANTS:
         for seed in p.seeds if variant == "lwas" else p.seeds[:p.variant_seeds]:
@@ -198,14 +201,13 @@ def _denoise_searches(p: Profile, root: list[str]) -> list[Job]:
             jobs.append(Job("search", f"search/denoise-{variant}-s{seed}", cfg))
     space = jobs[0].cfg.space
     jobs += [Job("genotype", f"genotype/denoise-random-{i}", (space, i)) for i in range(p.randoms)]
-    if p.latency_targets:
-        filters = resolve(TrainConfig, p.train_preset, overrides=list(p.train)).filters
+    if table is not None:  # the latency-target searches read the table the ``table`` job measures
         for target, randoms in p.latency_targets:
             found = f"search/denoise-lat{target:g}"
             jobs.append(Job("search", found, replace(jobs[0].cfg, latency_target_ms=target, latency_table=LATENCY_TABLE,
-                                                     latency_filters=filters, latency_size=p.latency_table_size,
+                                                     latency_filters=table.cfg[1], latency_size=p.latency_table_size,
                                                      latency_precision=p.latency_precision),
-                            (str(Path(LATENCY_TABLE).parent),)))
+                            (table.out,)))
             jobs += [Job("genotype", f"genotype/denoise-lat{target:g}-random-{i}", (space, i, found), (found,))
                      for i in range(randoms)]
     return jobs
