@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import itertools
 import json
 import os
@@ -46,6 +45,7 @@ from torch import nn
 from hinas.hardware import cpu_has_bf16, keep_freed_memory
 from hinas.infer.backends import InferenceModel
 from hinas.infer.kernels import FusedConv, fold_sequential
+from hinas.infer.latency_table import Converted
 from hinas.nas.baselines import DnCNN
 from hinas.nas.complexity import count_flops, count_params
 from hinas.nas.genotype import Genotype
@@ -85,19 +85,6 @@ class Folded(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return x - self.body(x)
-
-
-class Plain(nn.Module):
-    """DnCNN-17 as plain PyTorch runs it in ``dtype`` and ``layout`` (module converted, input converted, output
-    float32), the residual step included: what anyone would try to make it fast."""
-
-    def __init__(self, dncnn: DnCNN, dtype: torch.dtype, layout: torch.memory_format) -> None:
-        super().__init__()
-        self.dncnn, self.dtype, self.layout = copy.deepcopy(dncnn).to(dtype, memory_format=layout), dtype, layout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.dncnn(x.to(self.dtype).contiguous(memory_format=self.layout)).float()
 
 
 def executed_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
@@ -196,9 +183,9 @@ def speed_table(device: torch.device, repeats: int, batch: int, compile: bool, q
     layouts = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
     best_guess = ("bf16" if bf16 else "float32", "channels_last")  # the one form compiled in a quick run
     for (p, dtype), (lay, layout) in itertools.product(precisions.items(), layouts.items()):
-        models[f"DnCNN-17 {p} {lay}"] = (Plain(dncnn, dtype, layout), dncnn)
+        models[f"DnCNN-17 {p} {lay}"] = (Converted(dncnn, dtype, layout), dncnn)
         if compile and (not quick or (p, lay) == best_guess):
-            models[f"DnCNN-17 {p} {lay} (torch.compile)"] = (torch.compile(Plain(dncnn, dtype, layout)), dncnn)
+            models[f"DnCNN-17 {p} {lay} (torch.compile)"] = (torch.compile(Converted(dncnn, dtype, layout)), dncnn)
     if device.type == "cpu" and not quick:
         models["DnCNN-17 folded, same kernels (reference)"] = (Folded(dncnn), dncnn)
     for name, op, path in TABLE:

@@ -27,12 +27,14 @@ RESUMABLE = ("search", "retrain")
 RUNNERS = ["torch", "compile", "onnxruntime", "training"]
 SHORTCUTS = {"retrain": ("genotype", "genotype file or search run directory"),
              "evaluate": ("model", "retrain run directory, checkpoint, or a baseline: noisy, bicubic")}
-DEMO_TIME = {"cpu-demo": "about 12 min on 2 CPU cores", "smoke": "under a minute"}
+DEMO_TIME = {"cpu-demo": "about 12 min on 2 CPU cores", "cpu-hour": "under 60 min on 2 CPU cores, needs HINAS_DATA_ROOT",
+             "smoke": "under a minute"}
 
 ABOUT = {
-    "demo": ("the whole method on the photos bundled with scikit-image: search, draw, retrain, evaluate",
-             "Runs search, retrain and evaluate one after the other into DIR/{search,retrain,evaluate}; "
-             "needs no download. Adds Set12 to the evaluation when HINAS_DATA_ROOT holds it."),
+    "demo": ("the whole method in one command: search, draw, retrain, evaluate",
+             "Runs search, retrain and evaluate one after the other into DIR/{search,retrain,evaluate}. cpu-demo "
+             "and smoke need no download (the photos bundled with scikit-image); cpu-demo adds Set12 to the "
+             "evaluation when HINAS_DATA_ROOT holds it. cpu-hour reads the standard sets from HINAS_DATA_ROOT."),
     "search": ("search a cell and a width path with the supernet (SearchConfig)",
                "Writes RUN_DIR/genotype.json (the selected genotype), its drawing, history.json, metrics.json "
                "and a checkpoint per epoch. List the settings with: hinas config show search"),
@@ -56,7 +58,8 @@ ABOUT = {
 }
 
 EXAMPLES = {
-    "demo": ["hinas demo", "hinas demo --preset smoke --out runs/demo-smoke"],
+    "demo": ["hinas demo", "hinas demo --preset smoke --out runs/demo-smoke",
+             "hinas demo --preset cpu-hour --out runs/cpu-hour"],
     "search": ["hinas search --preset cpu-demo --out runs/search",
                "hinas search --preset cpu-demo --set seed=1 --set space.filters=8 --out runs/search-seed1",
                "hinas search --resume runs/search"],
@@ -105,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     demo = _sub(sub, "demo", "Time: " + "; ".join(f"{k} {v}" for k, v in DEMO_TIME.items()) + ".")
     demo.add_argument("--preset", choices=list(DEMO_TIME), default="cpu-demo",
-                      help=f"cpu-demo (default, {DEMO_TIME['cpu-demo']}) or smoke ({DEMO_TIME['smoke']}, a check, not a result)")
+                      help=f"cpu-demo (default, {DEMO_TIME['cpu-demo']}; the embedded photos), cpu-hour "
+                      f"({DEMO_TIME['cpu-hour']}: BSDS500 and Train400 to train, Set12 and BSD68 to test) or smoke "
+                      f"({DEMO_TIME['smoke']}, a check, not a result)")
     demo.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default: %(default)s)")
     demo.add_argument("--overwrite", action="store_true", help="replace finished runs in DIR")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")

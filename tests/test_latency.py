@@ -268,4 +268,11 @@ def test_plain_forms_compute_the_same_network_and_offer_bf16_only_where_native(m
         reference = net(x)
         for name, run in forms.items():
             torch.testing.assert_close(run(x), reference, **({"atol": 5e-2, "rtol": 5e-2} if "bf16" in name else {}))
-    assert latency_table.fastest_ms(forms["float32 NCHW"], x, 2) > 0
+
+
+def test_fastest_ms_drops_the_warm_up_and_keeps_the_fastest_run(monkeypatch):
+    ticks = iter([0.0, 2.0, 2.005, 3.0, 3.003])  # the warm-up (its end is never read), then runs of 5 and 3 ms
+    monkeypatch.setattr(latency_table, "clock", lambda device: ("fake", lambda: next(ticks)))
+    calls = []
+    assert latency_table.fastest_ms(calls.append, torch.zeros(1), 2) == pytest.approx(3.0)
+    assert len(calls) == 3

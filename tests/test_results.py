@@ -153,6 +153,25 @@ def test_summary_and_search_versus_random():
     assert "**Denoising**" in table and "| sigma 25 | random-1 | 1.0 |" in table and "30.80 / 0.8000" in table
 
 
+def test_the_report_says_yes_only_where_the_whole_interval_is_above_zero():
+    from hinas.studies.report import answer
+
+    assert answer({"gain_db": 0.4, "ci_low": 0.1, "ci_high": 0.7}).startswith("yes, +0.40 dB (95% CI +0.10 to +0.70)")
+    assert answer({"gain_db": 0.4, "ci_low": -0.1, "ci_high": 0.9}).startswith("no clear difference")
+    assert answer({"gain_db": -0.5, "ci_low": -0.8, "ci_high": -0.2}).startswith("no, worse")
+
+
+def test_a_search_has_learnt_when_its_supernet_is_5_db_over_noise_or_above_bicubic():
+    from hinas.studies.report import margins
+
+    rows = [{"search": "denoise-lwas-s2", "val_psnr": 24.6, "input_psnr": 20.5},
+            {"search": "denoise-lwas-s0", "val_psnr": 26.4, "input_psnr": 20.4},
+            {"search": "sr-x2-s0", "val_psnr": 30.1, "input_psnr": 29.9},
+            {"search": "sr-x4-s0", "val_psnr": 25.0, "input_psnr": 25.2}]
+    assert [(r["learnt"], round(r["margin_db"], 1)) for r in margins(rows)] == [("NO", 4.1), ("yes", 6.0), ("yes", 0.2),
+                                                                                 ("NO", -0.2)]
+
+
 def test_bootstrap_interval_covers_a_clear_difference_and_straddles_zero_for_noise():
     clear = bootstrap_difference([31.0, 31.2, 30.9, 31.1, 31.0], [30.0, 30.1, 29.9, 30.2, 30.0])
     assert clear["diff"] == pytest.approx(1.0) and 0.7 < clear["low"] < 1.0 < clear["high"] < 1.3

@@ -141,6 +141,34 @@ def test_demo_main_job_prints_where_its_results_are(tmp_path, capsys):
     assert f"embedded-val sigma {resolve(TrainConfig, 'smoke').sigma:g}: PSNR" in out  # the preset's noise level
 
 
+@pytest.mark.parametrize("preset", ["cpu-hour", "cpu-demo"])
+def test_main_job_trains_and_tests_on_what_its_preset_names(tmp_path, monkeypatch, preset):
+    """cpu-hour searches on BSDS500, retrains on Train400 and is tested on Set12 and BSD68, all at sigma 25, at 2
+    threads; cpu-demo stays on the embedded photos (plus Set12 where the data root holds it)."""
+    import types
+
+    from hinas.data.images import NAMED_SETS
+    from hinas.jobs import demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "search", lambda cfg, out, **kw: seen.update(search=cfg) or types.SimpleNamespace(run_dir=out))
+    monkeypatch.setattr(demo, "retrain", lambda cfg, out, **kw: seen.update(retrain=cfg) or {"params_m": 0.1})
+    monkeypatch.setattr(demo, "evaluate_run", lambda cfg, out, **kw: seen.update(evaluate=cfg) or {"results": []})
+    monkeypatch.delenv("HINAS_DATA_ROOT", raising=False)
+    demo.main_job(tmp_path / "job", preset)
+    found, trained, tested = seen["search"], seen["retrain"], seen["evaluate"]
+    assert trained.genotype == str(tmp_path / "job" / "search") and tested.model == str(tmp_path / "job" / "retrain")
+    assert tested.sigmas == (trained.sigma,) == (25.0,)
+    if preset == "cpu-hour":
+        assert (found.data, trained.data, tested.sets) == ("BSD500-train", "Train400", ("Set12", "BSD68"))
+        assert {found.data, trained.data, *tested.sets} <= set(NAMED_SETS)
+        assert found.sigmas == (25.0,) and found.val_sigma == 25.0
+        assert found.threads == trained.threads == tested.threads == 2
+        assert trained.minutes > 0 and trained.iterations > 100_000  # a CPU-time budget, not an iteration count
+    else:
+        assert (found.data, trained.data, tested.sets) == ("embedded-train", "embedded-train", ("embedded-val",))
+
+
 def test_tensorboard_receives_the_logged_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

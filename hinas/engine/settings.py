@@ -241,6 +241,15 @@ def _section(obj: Any) -> str:
 
 _SMOKE_SPACE = {"layers": 2, "nodes": 2, "filters": 2}
 
+# About five minutes on 2 CPU cores on the embedded photos: a narrow copy of the paper's space. Adam on the weights:
+# with the paper's SGD the supernet of this short search fell below its noisy input and collapsed to skip
+# connections; with Adam (lr 2e-3) it ends 6 dB above it with one skip (RESULTS.md, recipe study).
+_CPU_DEMO_SEARCH: dict[str, Any] = {
+    "space": {**SPACE_PRESETS["paper-denoise"].to_dict(), "nodes": 3, "filters": 6}, "val_images": 2, "patch": 32,
+    "patches_per_image": 12, "batch": 8, "epochs": 20, "arch_start": 8, "select_from": 11, "val_crop": 96,
+    "lr_cycle": 5, "grad_clip": 5.0, "optimizer": "adam", "lr": 0.002, "lr_min": 1e-5,
+}
+
 SEARCH_PRESETS: dict[str, dict[str, Any]] = {
     # The authors' released search configs: BSDS500 train+val (300 images) gray, 147/147/6 split ...
     "paper-denoise": {"space": SPACE_PRESETS["paper-denoise"].to_dict(), "data": "BSD500-trainval"},
@@ -254,14 +263,18 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
         "space": {**SPACE_PRESETS["paper-denoise"].to_dict(), **_SMOKE_SPACE}, "val_images": 2, "patch": 16,
         "batch": 2, "epochs": 2, "arch_start": 2, "select_from": 1, "val_crop": 32,
     },
-    # About five minutes on 2 CPU cores on the embedded photos: a narrow copy of the paper's space. Adam on the weights:
-    # with the paper's SGD the supernet of this short search fell below its noisy input and collapsed to skip
-    # connections; with Adam (lr 2e-3) it ends 6 dB above it with one skip (RESULTS.md, recipe study).
-    "cpu-demo": {
-        "space": {**SPACE_PRESETS["paper-denoise"].to_dict(), "nodes": 3, "filters": 6}, "val_images": 2, "patch": 32,
-        "patches_per_image": 12, "batch": 8, "epochs": 20, "arch_start": 8, "select_from": 11, "val_crop": 96,
-        "lr_cycle": 5, "grad_clip": 5.0, "optimizer": "adam", "lr": 0.002, "lr_min": 1e-5,
-    },
+    "cpu-demo": _CPU_DEMO_SEARCH,
+    # The search of ``cpu-hour``: cpu-demo's on BSDS500's 200 gray training images at sigma 25, two patches of each
+    # per epoch, 6 validation images, at 2 threads (RESULTS.md, "One CPU-hour").
+    "cpu-hour": {**_CPU_DEMO_SEARCH, "data": "BSD500-train", "sigmas": [25.0], "val_sigma": 25.0, "val_images": 6,
+                 "patches_per_image": 2, "arch_start": 6, "select_from": 10, "threads": 2},
+}
+
+# The recipe with the most PSNR per CPU-minute in benchmarks/recipe.py (RESULTS.md, "Training recipe"): Adam with a
+# one-cycle schedule and an L1 loss; wider nets and larger patches or batches gave less at equal time.
+_CPU_DEMO_TRAIN: dict[str, Any] = {
+    "filters": 8, "val_images": 2, "patch": 40, "batch": 8, "iterations": 2000, "val_every": 400, "val_crop": 128,
+    "sigma": 25.0, "optimizer": "adam", "lr": 0.002, "schedule": "onecycle", "pixel_loss": "l1", "ssim_weight": 0.0,
 }
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -269,11 +282,11 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "paper-sr": {"filters": 16, "data": "DIV2K-train", "val_data": "DIV2K-valid", "batch": 16, "rescale": [],
                  "pixel_loss": "l1", "ssim_weight": 0.6},
     "smoke": {"filters": 4, "val_images": 2, "patch": 16, "batch": 2, "iterations": 4, "val_every": 2, "val_crop": 32},
-    # The recipe with the most PSNR per CPU-minute in benchmarks/recipe.py (RESULTS.md, "Training recipe"): Adam with a
-    # one-cycle schedule and an L1 loss; wider nets and larger patches or batches gave less at equal time.
-    "cpu-demo": {"filters": 8, "val_images": 2, "patch": 40, "batch": 8, "iterations": 2000, "val_every": 400,
-                 "val_crop": 128, "sigma": 25.0, "optimizer": "adam", "lr": 0.002, "schedule": "onecycle",
-                 "pixel_loss": "l1", "ssim_weight": 0.0},
+    "cpu-demo": _CPU_DEMO_TRAIN,
+    # The retraining of ``cpu-hour``: cpu-demo's recipe on Train400 (DnCNN's training set) at F=16 for 76 minutes of
+    # CPU time at 2 threads (about 38 of wall time), selected on 4 held-out Train400 images (RESULTS.md, "One CPU-hour").
+    "cpu-hour": {**_CPU_DEMO_TRAIN, "filters": 16, "data": "Train400", "val_images": 4, "iterations": 1_000_000,
+                 "minutes": 76.0, "val_every": 1000, "val_crop": 0, "threads": 2},
 }
 
 EVAL_PRESETS: dict[str, dict[str, Any]] = {
@@ -281,6 +294,7 @@ EVAL_PRESETS: dict[str, dict[str, Any]] = {
     "denoise-color": {"sets": ["CBSD68", "Kodak24", "McMaster"], "sigmas": [30, 50, 70]},
     "sr": {"sets": ["Set5", "Set14", "B100", "Urban100", "Manga109"], "scales": [2, 3, 4]},
     "smoke": {"sets": ["embedded-val"], "sigmas": [25]},
+    "cpu-hour": {"sets": ["Set12", "BSD68"], "sigmas": [25], "threads": 2},
 }
 
 SECTIONS = {SearchConfig: "search", TrainConfig: "train", EvalConfig: "eval", RunConfig: "run"}

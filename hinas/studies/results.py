@@ -1,13 +1,11 @@
 """The results experiments: which runs make up the report, running the missing ones, and collecting them into tables.
 
-The grid is data (:func:`grid`): one search per HiNAS variant (three seeds for
-the paper's ``lwas`` sharing), each genotype retrained at every noise level
-with the same budget as three random architectures from the same space and a
-DnCNN-17 trained by the same loop; for SR one search per scale against random
-architectures and bicubic. A profile sizes it: ``smoke`` (seconds, for CI) or
-``cpu`` (about an hour on two shared CPU cores). :func:`run_grid` runs what is
-missing (a finished run directory is skipped, an interrupted one resumed), and
-:func:`collect` reads the run directories back into plain rows.
+The grid is data (:func:`grid`): HiNAS searches per sharing variant and seed, each genotype retrained at every
+noise level with the same budget as random architectures from the same space and a DnCNN-17 trained by the
+same loop; for SR searches per scale against random architectures and bicubic. A profile (:data:`PROFILES`)
+sizes it, from ``smoke`` (minutes, for CI) to ``equal-time`` (hours, resumed across sessions). :func:`run_grid`
+runs what is missing (a finished run directory is skipped, an interrupted one resumed), :func:`collect` reads
+the run directories back into plain rows, and :mod:`hinas.studies.report` writes RESULTS.md from them.
 """
 
 from __future__ import annotations
@@ -93,7 +91,12 @@ CPU_DEMO_BEFORE_SEARCH = ("optimizer=sgd", "lr=0.025", "lr_min=0.001", "grad_cli
 CPU_DEMO_BEFORE_TRAIN = ("optimizer=sgd", "lr=0.02", "schedule=poly", "pixel_loss=mse", "ssim_weight=0.6")
 """The ``cpu-demo`` recipes the ``cpu`` profile of RESULTS.md ran with, before the recipe study changed the preset."""
 
-EQUAL_TIME_SEARCH = ("patches_per_image=1", "epochs=20", "arch_start=6", "select_from=10", "val_images=6")
+LATENCY_SEARCH = ("patches_per_image=1", "epochs=20", "arch_start=6", "select_from=10", "val_images=6")
+"""Searches of ``latency``: about 10 minutes of one core each."""
+EQUAL_TIME_SEARCH = ("patches_per_image=2", *LATENCY_SEARCH[1:])
+"""Searches of ``equal-time``: twice the steps of ``LATENCY_SEARCH`` (about 20 minutes of one core), because at one
+patch per image 2 of 10 denoising supernets ended less than 5 dB above their noisy input when their genotype was
+selected (4.1 and 3.9 dB, the first equal-time grid of 2026-12-02)."""
 EQUAL_TIME_TRAIN = ("minutes=4", "iterations=1000000", "val_every=400")
 """Every network of ``equal-time`` and ``latency`` gets 4 minutes of one core's CPU time, whatever its speed."""
 
@@ -125,13 +128,13 @@ PROFILES: dict[str, Profile] = {
     "latency": Profile(
         search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
         sr_data="T91", denoise_sets=("Set12", "BSD68"), sr_sets=(), order=(("denoise", 25),), seeds=(0,), variant_seeds=0,
-        randoms=0, search=EQUAL_TIME_SEARCH, train=EQUAL_TIME_TRAIN, latency_size=256, latency_targets=((140, 5), (165, 5)),
+        randoms=0, search=LATENCY_SEARCH, train=EQUAL_TIME_TRAIN, latency_size=256, latency_targets=((140, 5), (165, 5)),
         latency_precision="bf16",
     ),
 }
 """``smoke`` builds in a few minutes for CI; ``cpu`` is what RESULTS.md reported first (one seed, 200 iterations);
 ``equal-time`` answers the search question with power: 5 search seeds against 5 random architectures and
-DnCNN-17, every network retrained for the same 4 minutes of one core (not the same iterations), about 8 hours
+DnCNN-17, every network retrained for the same 4 minutes of one core (not the same iterations), about 9 hours
 of one core in all (``run_grid`` resumes across sessions); ``latency`` is issue 15's PSNR-latency front at sigma 25:
 an unconstrained search and two latency targets (the tighter with 5 random architectures of its latency) beside
 DnCNN-17, on the same budget, latency measured at 256x256 (about 45 minutes on two cores)."""
@@ -347,7 +350,9 @@ def measured_latencies(checkpoints: dict[str, Path], size: int, precision: str, 
     its inference form in ``precision`` (what the table predicts), DnCNN in each plain form
     (:func:`~hinas.infer.latency_table.plain_forms`), its best form counting. Every form of every model is timed once
     per round, round after round, and keeps its fastest: interleaved, so that a disturbance falls on all alike (one
-    model timed 5 times in a row, then the next, measured the same architecture up to 28% apart)."""
+    model timed 5 times in a row, then the next, measured the same architecture up to 28% apart). Each timed run
+    follows a warm-up run of its own, as every entry of the latency table does, so that what is measured and what
+    the table predicts share one convention (caches warm with the model's weights)."""
     from hinas.hardware import keep_freed_memory
     from hinas.infer.backends import InferenceModel
     from hinas.infer.latency_table import fastest_ms, plain_forms

@@ -1,0 +1,133 @@
+"""RESULTS.md from the run directories of a results profile: what ran, on what, for how long, and the answer.
+
+The notebook ``05_results.ipynb`` writes it; nothing in it is typed by hand except the sections of other
+studies appended verbatim (``extra``), so rebuilding after more runs finish updates every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hinas.infer.latency_table import cpu_model
+from hinas.studies.results import (
+    Profile,
+    budget,
+    done,
+    grid,
+    markdown_table,
+    search_beats_random,
+    search_rows,
+    summarise,
+    to_markdown,
+)
+
+SEARCH_MARGIN_DB = 5.0
+"""How far above its noisy input a denoising supernet must be when its genotype is selected for the search to
+count as having learnt the task (issue 17); an SR supernet must beat bicubic."""
+
+
+def answer(row: dict[str, Any]) -> str:
+    """Plain words for one row of :func:`~hinas.studies.results.search_beats_random`: a difference counts only when its
+    95% interval excludes zero."""
+    gain, low, high = row["gain_db"], row["ci_low"], row["ci_high"]
+    interval = f"{gain:+.2f} dB (95% CI {low:+.2f} to {high:+.2f})"
+    if low > 0:
+        return f"yes, {interval}"
+    if high < 0:
+        return f"no, worse: {interval}"
+    return f"no clear difference: {interval}"
+
+
+def margins(searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each search row with its supernet's margin over the degraded input at the selected epoch and whether it is enough
+    (:data:`SEARCH_MARGIN_DB` for denoising, above bicubic for SR)."""
+    out = []
+    for r in searches:
+        margin = r["val_psnr"] - r["input_psnr"]
+        enough = margin > 0 if r["search"].startswith("sr-") else margin >= SEARCH_MARGIN_DB
+        out.append({**r, "margin_db": margin, "learnt": "yes" if enough else "NO"})
+    return out
+
+
+def _span(runs: Path, outs: Sequence[str]) -> tuple[str, str]:
+    """First and last time stamp in the logs of ``outs`` (UTC), or ``-`` when none logged."""
+    stamps = []
+    for out in outs:
+        log = runs / out / "log.jsonl"
+        if log.is_file():
+            lines = log.read_text().splitlines()
+            stamps += [json.loads(line)["time"] for line in (lines[0], lines[-1]) if line.strip()]
+    if not stamps:
+        return "-", "-"
+    fmt = "%Y-%m-%d %H:%M"
+    return tuple(datetime.fromtimestamp(t, UTC).strftime(fmt) for t in (min(stamps), max(stamps)))  # type: ignore[return-value]
+
+
+def costs(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
+    """Per kind of run (search, retrain): how many finished, their summed wall and CPU hours, first and last log time."""
+    runs = Path(runs)
+    out = []
+    for kind in ("search", "retrain"):
+        jobs = [j for j in grid(profile, data_root) if j.kind == kind and done(runs, j)]
+        metrics = [json.loads((runs / j.out / "metrics.json").read_text()) for j in jobs]
+        first, last = _span(runs, [j.out for j in jobs])
+        out.append({"runs": kind, "finished": len(jobs), "of": sum(j.kind == kind for j in grid(profile, data_root)),
+                    "wall_h": sum(m.get("seconds", 0.0) for m in metrics) / 3600,
+                    "cpu_h": sum(m.get("cpu_seconds", 0.0) for m in metrics) / 3600, "first": first, "last": last})
+    return out
+
+
+def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, Any]], *, data_root: str = "",
+           figures: str = "results", extra: Sequence[str | Path] = ()) -> str:
+    """The whole RESULTS.md for profile ``name`` from its runs and the rows :func:`~hinas.studies.results.collect` read;
+    ``figures`` is where the notebook wrote its figures, relative to RESULTS.md; ``extra`` are Markdown files of other
+    studies appended as they are."""
+    searches = margins(search_rows(runs, profile, data_root))
+    beats = search_beats_random(rows)
+    left = [j.out for j in grid(profile, data_root) if not done(Path(runs), j)]
+    parts = [
+        "# Results: does the HiNAS search beat random architectures at equal CPU time?\n",
+        f"Written by `notebooks/05_results.ipynb` (profile `{name}`) from the run directories; rebuild it after more "
+        "runs finish. The sections after the horizontal rule are other studies, pasted from their own files.\n",
+        "## Hardware, budget and wall time\n",
+        f"- **Hardware**: {cpu_model()}, {profile.hardware}; PyTorch {torch.__version__}, Python "
+        f"{platform.python_version()}.",
+        f"- **Budget** (every model of a task and level gets the same retraining CPU time, whatever its speed): "
+        f"{budget(profile)}.",
+        f"- **Data**: denoising searches on {profile.denoise_search_data}, retraining on {profile.denoise_data}, tests on "
+        f"{', '.join(profile.denoise_sets)} (sigma {', '.join(map(str, profile.sigmas))}); SR on {profile.sr_data}, tests on "
+        f"{', '.join(profile.sr_sets) or '-'}.",
+        f"- **Runs left undone**: {len(left)}" + (f" ({', '.join(left[:8])}{' ...' if len(left) > 8 else ''})" if left else ""),
+        "",
+        to_markdown(costs(runs, profile, data_root), {"runs": "runs", "finished": "finished", "of": "of", "wall_h": "wall (h)",
+                                                      "cpu_h": "CPU (h)", "first": "first log (UTC)", "last": "last log (UTC)"}),
+        "## The answer, per task and level\n",
+        "Mean PSNR of each group minus the mean of the random architectures of the same space, with a 95% "
+        "percentile-bootstrap interval over runs (seeds of a search, draws of random architectures). A group beats "
+        "random only where the whole interval is above zero.\n",
+        to_markdown([{**b, "answer": answer(b)} for b in beats],
+                    {"task": "task", "level": "level", "set": "set", "group": "group", "n": "runs", "n_random": "random",
+                     "mean": "mean PSNR", "random_mean": "random mean", "random_best": "best random", "answer": "beats random?"}),
+        "## Did every search learn?\n",
+        f"The supernet's validation PSNR at the selected epoch beside its degraded input's: a denoising search counts "
+        f"as having learnt the task {SEARCH_MARGIN_DB:g} dB or more above its noisy input, an SR search above bicubic.\n",
+        to_markdown(searches, {"search": "search", "sharing": "sharing", "steps": "steps", "seconds": "wall (s)",
+                               "best_epoch": "selected epoch", "val_psnr": "supernet PSNR", "input_psnr": "input PSNR",
+                               "margin_db": "margin (dB)", "learnt": "learnt?", "skip_ops": "skip ops", "path": "width path"}),
+        "## Every model\n",
+        f"![PSNR per model]({figures}/psnr.png)\n",
+        markdown_table(rows, profile.latency_size),
+        "## Spread per group\n",
+        to_markdown(summarise(rows), {"task": "task", "level": "level", "set": "set", "group": "group", "n": "n",
+                                      "mean": "mean PSNR", "std": "std", "min": "min", "max": "max"}),
+    ]
+    if extra:
+        parts += ["---\n", *(Path(p).read_text().strip() + "\n" for p in extra)]
+    return "\n".join(parts)
