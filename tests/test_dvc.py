@@ -36,6 +36,7 @@ def pipeline(tmp_path_factory):
     for name in ("dvc.yaml", ".gitignore", ".dvcignore", "notebooks/05_results.ipynb"):
         (work / name).parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, work / name)
+    shutil.copytree(ROOT / "results/studies", work / "results/studies")
     shutil.copy(ROOT / "params-smoke.yaml", work / "params.yaml")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -63,6 +64,9 @@ def test_every_stage_ran_and_the_report_holds_real_numbers(pipeline):
     report = json.loads((work / "runs/dvc/results/report/results.json").read_text())
     assert report["profile"] == "smoke" and not report["left_undone"]
     assert {r["model"] for r in report["rows"]} >= {"hinas-lwas-s0", "random-0", "dncnn-17", "bicubic"}
+    written = (work / "runs/dvc/results/report/RESULTS.md").read_text()
+    assert "## The answer, per task and level" in written and "| denoise | 25 | embedded-val | lwas |" in written
+    assert all(study.read_text().splitlines()[0] in written for study in (ROOT / "results/studies").glob("*.md"))
 
 
 def test_a_second_repro_has_nothing_to_do_and_git_sees_only_what_to_commit(pipeline):
