@@ -71,7 +71,7 @@ def _span(runs: Path, outs: Sequence[str]) -> tuple[str, str]:
 
 
 def costs(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
-    """Per kind of run (search, retrain): how many finished, their summed wall and CPU hours, first and last log time."""
+    """Per kind of run (search, retrain): how many finished, their summed wall and CPU minutes, first and last log time."""
     runs = Path(runs)
     out = []
     for kind in ("search", "retrain"):
@@ -79,8 +79,8 @@ def costs(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[
         metrics = [json.loads((runs / j.out / "metrics.json").read_text()) for j in jobs]
         first, last = _span(runs, [j.out for j in jobs])
         out.append({"runs": kind, "finished": len(jobs), "of": sum(j.kind == kind for j in grid(profile, data_root)),
-                    "wall_h": sum(m.get("seconds", 0.0) for m in metrics) / 3600,
-                    "cpu_h": sum(m.get("cpu_seconds", 0.0) for m in metrics) / 3600, "first": first, "last": last})
+                    "wall_min": sum(m.get("seconds", 0.0) for m in metrics) / 60,
+                    "cpu_min": sum(m.get("cpu_seconds", 0.0) for m in metrics) / 60, "first": first, "last": last})
     return out
 
 
@@ -106,8 +106,9 @@ def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, A
         f"{', '.join(profile.sr_sets) or '-'}.",
         f"- **Runs left undone**: {len(left)}" + (f" ({', '.join(left[:8])}{' ...' if len(left) > 8 else ''})" if left else ""),
         "",
-        to_markdown(costs(runs, profile, data_root), {"runs": "runs", "finished": "finished", "of": "of", "wall_h": "wall (h)",
-                                                      "cpu_h": "CPU (h)", "first": "first log (UTC)", "last": "last log (UTC)"}),
+        to_markdown(costs(runs, profile, data_root), {
+            "runs": "runs", "finished": "finished", "of": "of", "wall_min": "wall (min)", "cpu_min": "CPU (min)",
+            "first": "first log (UTC)", "last": "last log (UTC)"}),
         "## The answer, per task and level\n",
         "Mean PSNR of each group minus the mean of the random architectures of the same space, with a 95% "
         "percentile-bootstrap interval over runs (seeds of a search, draws of random architectures). A group beats "
