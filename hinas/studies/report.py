@@ -66,19 +66,23 @@ def _span(runs: Path, outs: Sequence[str]) -> tuple[str, str]:
             stamps += [json.loads(line)["time"] for line in (lines[0], lines[-1]) if line.strip()]
     if not stamps:
         return "-", "-"
-    fmt = "%Y-%m-%d %H:%M"
-    return tuple(datetime.fromtimestamp(t, UTC).strftime(fmt) for t in (min(stamps), max(stamps)))  # type: ignore[return-value]
+
+    def utc(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
+
+    return utc(min(stamps)), utc(max(stamps))
 
 
 def costs(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
     """Per kind of run (search, retrain): how many finished, their summed wall and CPU minutes, first and last log time."""
     runs = Path(runs)
+    every = grid(profile, data_root)
     out = []
     for kind in ("search", "retrain"):
-        jobs = [j for j in grid(profile, data_root) if j.kind == kind and done(runs, j)]
+        jobs = [j for j in every if j.kind == kind and done(runs, j)]
         metrics = [json.loads((runs / j.out / "metrics.json").read_text()) for j in jobs]
         first, last = _span(runs, [j.out for j in jobs])
-        out.append({"runs": kind, "finished": len(jobs), "of": sum(j.kind == kind for j in grid(profile, data_root)),
+        out.append({"runs": kind, "finished": len(jobs), "of": sum(j.kind == kind for j in every),
                     "wall_min": sum(m.get("seconds", 0.0) for m in metrics) / 60,
                     "cpu_min": sum(m.get("cpu_seconds", 0.0) for m in metrics) / 60, "first": first, "last": last})
     return out
