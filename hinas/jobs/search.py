@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hinas.data.images import PatchDataset, in_memory, load_images, split_images
+from hinas.data.images import ImageSet, PatchDataset, in_memory, load_images, split_images
 from hinas.engine import distributed
 from hinas.engine.checkpoint import Progress, loader_generator
 from hinas.engine.guard import checked_step
@@ -96,6 +96,11 @@ class SearchProgress(Progress):
         return f"epoch {self.epoch} step {self.step}"
 
 
+def data_split(cfg: SearchConfig, images: ImageSet) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """The weight, architecture and validation images of a search, split by ``split_seed`` (-1: by ``seed``)."""
+    return split_images(images, cfg.val_images, cfg.seed if cfg.split_seed < 0 else cfg.split_seed)
+
+
 class SearchJob(Job[SearchProgress, "SearchResult"]):
     """The search's part of the training loop: two splits, the alternating step, the end-of-epoch selection."""
 
@@ -108,7 +113,7 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
     def prepare(self) -> None:
         cfg, space = self.cfg, self.cfg.space
         images = load_images(cfg.data, cfg.data_root or None, channels=space.in_channels)
-        weight_imgs, arch_imgs, val_imgs = split_images(images, cfg.val_images, cfg.seed)
+        weight_imgs, arch_imgs, val_imgs = data_split(cfg, images)
         self.split_sizes = {"weights": len(weight_imgs), "arch": len(arch_imgs), "val": len(val_imgs)}
         weight_imgs, arch_imgs, self.val_imgs = in_memory(weight_imgs), in_memory(arch_imgs), in_memory(val_imgs, cfg.val_crop)
         check_measurable(self.val_imgs, convention_for(space.task, space.scale))
