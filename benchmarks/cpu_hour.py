@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from hinas.files import write_json
+from hinas.studies.results import selected_epoch
 from hinas.viz.plots import plot_curves
 
 RESULTS = Path(__file__).parent / "results"
@@ -23,8 +24,7 @@ TARGET_DB, TARGET_MIN = 28.7, 60.0
 
 
 def read(run: Path) -> dict:
-    search = json.loads((run / "search" / "metrics.json").read_text())
-    picked = next(h for h in json.loads((run / "search" / "history.json").read_text()) if h["epoch"] == search["best_epoch"])
+    search, picked = selected_epoch(run / "search")
     trained = json.loads((run / "retrain" / "metrics.json").read_text())
     tested = json.loads((run / "evaluate" / "metrics.json").read_text())
     curve = [(h["cpu_seconds"] / 60, h["val_psnr"]) for h in json.loads((run / "retrain" / "history.json").read_text())]

@@ -30,11 +30,13 @@ def main_job(out: str | Path = "runs/demo", preset: str = "cpu-demo", *, overwri
                       overwrite=overwrite, progress=progress)
     sigma = resolve(TrainConfig, preset).sigma
     overrides = [f"model={out / 'retrain'}", f"sigmas=[{sigma}]"]
-    if preset not in EVAL_PRESETS:  # the embedded photos, and Set12 where it is at hand
+    if preset in EVAL_PRESETS:
+        tested = resolve(EvalConfig, preset, overrides=overrides)
+    else:  # the embedded photos, and Set12 where it is at hand
         root = data_root()
-        overrides.append(f"sets={['embedded-val'] + (['Set12'] if root is not None and (root / 'Set12').is_dir() else [])}")
-    scores = evaluate_run(resolve(EvalConfig, preset if preset in EVAL_PRESETS else None, overrides=overrides),
-                          out / "evaluate", overwrite=overwrite, progress=progress)
+        sets = ["embedded-val"] + (["Set12"] if root is not None and (root / "Set12").is_dir() else [])
+        tested = resolve(EvalConfig, overrides=[*overrides, f"sets={sets}"])
+    scores = evaluate_run(tested, out / "evaluate", overwrite=overwrite, progress=progress)
     return {
         "genotype": found.run_dir / "genotype.json",
         "drawing": found.run_dir / "genotype.svg",

@@ -505,6 +505,13 @@ def _predicted(runs: Path, model: str) -> float | None:
     return network_latency(table, genotype) if genotype.space.replace(filters=table.space.filters) == table.space else None
 
 
+def selected_epoch(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A finished search's metrics and the history record of the epoch whose genotype it selected."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = json.loads((run / "history.json").read_text())
+    return metrics, next(h for h in history if h["epoch"] == metrics["best_epoch"])
+
+
 def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[str, Any]]:
     """One row per finished search: wall time, steps, the selected epoch, its supernet validation PSNR beside the degraded
     input's (a supernet below its input has not learnt the task yet), skip ops and the genotype's width path."""
@@ -512,8 +519,7 @@ def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list
     rows = []
     for job in grid(profile, data_root):
         if job.kind == "search" and done(runs, job):
-            m = json.loads((runs / job.out / "metrics.json").read_text())
-            best = next(h for h in json.loads((runs / job.out / "history.json").read_text()) if h["epoch"] == m["best_epoch"])
+            m, best = selected_epoch(runs / job.out)
             rows.append({"search": Path(job.out).name, "sharing": job.cfg.space.sharing, "seconds": m["seconds"],
                          "steps": m["steps"],
                          "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], "val_psnr": m["val_psnr"],
