@@ -74,6 +74,22 @@ def test_every_model_of_a_level_gets_the_same_retraining_budget():
             assert ("dncnn" in families) == (task == "denoise")
 
 
+def test_sr_searched_at_one_scale_is_retrained_at_every_scale():
+    profile = results.PROFILES["equal-time"]
+    jobs = results.grid(profile)
+    searches = [j for j in jobs if j.kind == "search" and j.out.startswith("search/sr")]
+    assert [j.cfg.space.scale for j in searches] == [4] * len(profile.seeds)  # once per seed, at x4 as in the paper
+    for scale in (2, 4):
+        trained = {j.info["model"]: j for j in jobs if j.kind == "retrain" and (j.info["task"], j.info["level"]) == ("sr", scale)}
+        assert trained["hinas-lwas-s1"].needs == ("search/sr-x4-s1",) and trained["hinas-lwas-s1"].cfg.scale == scale
+        assert trained["random-2"].cfg.genotype == "genotype/sr-x4-random-2/genotype.json"
+        assert trained["random-2"].cfg.patch == profile.sr_patch // scale
+    assert "SR (searched at x4)" in results.budget(profile) and "retrain 8 CPU-minutes" in results.budget(profile)
+    per_scale = results.grid(results.PROFILES["cpu"])  # 0: a search of its own for each scale
+    assert {j.out for j in per_scale if j.kind == "search" and j.out.startswith("search/sr")} == {
+        f"search/sr-x{s}-s{seed}" for s in (2, 4) for seed in results.PROFILES["cpu"].seeds}
+
+
 def test_latency_targets_add_searches_that_read_one_table_and_randoms_matched_to_what_they_found():
     profile = results.PROFILES["latency"]
     jobs = {j.out: j for j in results.grid(profile)}

@@ -2,10 +2,11 @@
 
 The grid is data (:func:`grid`): HiNAS searches per sharing variant and seed, each genotype retrained at every
 noise level with the same budget as random architectures from the same space and a DnCNN-17 trained by the
-same loop; for SR searches per scale against random architectures and bicubic. A profile (:data:`PROFILES`)
-sizes it, from ``smoke`` (minutes, for CI) to ``equal-time`` (hours, resumed across sessions). :func:`run_grid`
-runs what is missing (a finished run directory is skipped, an interrupted one resumed), :func:`collect` reads
-the run directories back into plain rows, and :mod:`hinas.studies.report` writes RESULTS.md from them.
+same loop; for SR searches (per scale, or at one scale as in the paper) against random architectures and bicubic.
+A profile (:data:`PROFILES`) sizes it, from ``smoke`` (minutes, for CI) to ``equal-time`` (hours, resumed across
+sessions). :func:`run_grid` runs what is missing (a finished run directory is skipped, an interrupted one resumed),
+:func:`collect` reads the run directories back into plain rows, and :mod:`hinas.studies.report` writes RESULTS.md
+from them.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class Profile:
     """(task, noise level or scale) blocks in the order they run, so that a deadline cuts the last ones."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds of the ``lwas`` searches (denoising, and SR at each scale)."""
+    sr_search_scale: int = 0
+    """The one scale the SR searches run at, their genotypes (and the random ones) retrained at every scale of
+    ``order``, as the paper searches at x4 only; 0: a search per scale."""
     variant_seeds: int = 1
     """How many of ``seeds`` the ``tied`` and ``independent`` searches take."""
     randoms: int = 3
@@ -100,7 +104,8 @@ the search) 2 of 10 denoising supernets ended less than 5 dB above their noisy i
 with twice the steps seed 2 still plateaued at 4.1 dB, because its validation crops are harder to denoise (see
 ``SearchConfig.split_seed``)."""
 EQUAL_TIME_TRAIN = ("minutes=4", "iterations=1000000", "val_every=400")
-"""Every network of ``equal-time`` and ``latency`` gets 4 minutes of one core's CPU time, whatever its speed."""
+"""Every denoising network of ``equal-time`` and ``latency`` gets 4 minutes of one core's CPU time, whatever its speed
+(``equal-time``'s SR networks 8: at 4, a random x4 network was 0.08 dB below bicubic on B100, at 8 1.0 dB above)."""
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
@@ -123,9 +128,9 @@ PROFILES: dict[str, Profile] = {
         search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
         sr_data="T91", denoise_sets=("Set12", "BSD68"), sr_sets=("Set5", "Set14", "B100"),
         order=(("denoise", 25), ("denoise", 50), ("sr", 2), ("sr", 4)), seeds=(0, 1, 2, 3, 4), variant_seeds=3, randoms=5,
-        search=EQUAL_TIME_SEARCH, search_sr=("space.in_channels=3", "space.layers=2", "pixel_loss=l1", "ssim_weight=0.6",
-                                             "val_crop=0"),
-        train=EQUAL_TIME_TRAIN, train_sr=("pixel_loss=l1", "rescale=[]"),
+        sr_search_scale=4, search=EQUAL_TIME_SEARCH,
+        search_sr=("space.in_channels=3", "space.layers=2", "pixel_loss=l1", "ssim_weight=0.6", "val_crop=0"),
+        train=EQUAL_TIME_TRAIN, train_sr=("pixel_loss=l1", "rescale=[]", "minutes=8"),
     ),
     "latency": Profile(
         search_preset="cpu-demo", train_preset="cpu-demo", denoise_search_data="BSD500-train", denoise_data="Train400",
@@ -136,10 +141,11 @@ PROFILES: dict[str, Profile] = {
 }
 """``smoke`` builds in a few minutes for CI; ``cpu`` is what RESULTS.md reported first (one seed, 200 iterations);
 ``equal-time`` answers the search question with power: 5 search seeds against 5 random architectures and
-DnCNN-17, every network retrained for the same 4 minutes of one core (not the same iterations), about 9 hours
-of one core in all (``run_grid`` resumes across sessions); ``latency`` is issue 15's PSNR-latency front at sigma 25:
-an unconstrained search and two latency targets (the tighter with 5 random architectures of its latency) beside
-DnCNN-17, on the same budget, latency measured at 256x256 (about 45 minutes on two cores)."""
+DnCNN-17, every network of a task retrained for the same CPU time (not the same iterations: 4 minutes of one core
+for denoising, 8 for SR), SR searched at x4 only and its genotypes retrained at x2 and x4 (the paper's protocol),
+about 10 hours of one core in all (``run_grid`` resumes across sessions); ``latency`` is issue 15's PSNR-latency
+front at sigma 25: an unconstrained search and two latency targets (the tighter with 5 random architectures of its
+latency) beside DnCNN-17, on the same budget, latency measured at 256x256 (about 45 minutes on two cores)."""
 
 
 @dataclass(frozen=True)
@@ -174,10 +180,10 @@ def grid(profile: Profile, data_root: str = "") -> list[Job]:
     for task, level in p.order:
         if task == "denoise" and not any(j.kind == "search" and j.out.startswith("search/denoise") for j in jobs):
             jobs += _denoise_searches(p, root, table)
-        if task == "sr":
-            jobs += _sr_search(p, root, level)
+        if task == "sr" and not (p.sr_search_scale and any(j.out.startswith("search/sr") for j in jobs)):
+            jobs += _sr_search(p, root, p.sr_search_scale or level)
         for name, info, genotype, dep in _models(p, task, level):
-            setting = [f"sigma={level}"] if task == "denoise" else [f"patch={p.sr_patch // level}"]
+            setting = [f"sigma={level}"] if task == "denoise" else [f"patch={p.sr_patch // level}", f"scale={level}"]
             data = p.denoise_data if task == "denoise" else p.sr_data
             extra = p.train if task == "denoise" else (*p.train, *p.train_sr)
             train_out = f"retrain/{task}-{_level(task, level)}/{name}"
@@ -230,9 +236,10 @@ def _sr_search(p: Profile, root: list[str], scale: int) -> list[Job]:
 def _models(p: Profile, task: str, level: int) -> list[tuple[str, dict[str, Any], list[str], str]]:
     """(name, description, retrain overrides, the run it needs) of every model retrained at one noise level or scale."""
     if task == "sr":
+        searched = p.sr_search_scale or level
         models = [(f"hinas-lwas-s{seed}", {"family": "hinas", "variant": "lwas", "seed": seed},
-                   [f"genotype=search/sr-x{level}-s{seed}"], f"search/sr-x{level}-s{seed}") for seed in p.seeds]
-        prefix = f"genotype/sr-x{level}-random"
+                   [f"genotype=search/sr-x{searched}-s{seed}"], f"search/sr-x{searched}-s{seed}") for seed in p.seeds]
+        prefix = f"genotype/sr-x{searched}-random"
     else:
         models = []
         for variant in VARIANTS:
@@ -697,14 +704,28 @@ def published_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def budget(profile: Profile) -> str:
-    """One line stating what every figure of a profile cost: search and retraining budget, hardware."""
-    search = resolve(SearchConfig, profile.search_preset, overrides=list(profile.search))
-    train = resolve(TrainConfig, profile.train_preset, overrides=list(profile.train))
-    space = search.space
-    return (f"search {search.epochs} epochs x {search.patches_per_image} patch/image, batch {search.batch} of {search.patch}px, "
-            f"supernet L={space.layers} B={space.nodes} F={space.filters}; retrain "
-            f"{f'{train.minutes:g} CPU-minutes' if train.minutes else f'{train.iterations} it'} x batch {train.batch} "
-            f"of {train.patch}px, F={train.filters}; {profile.hardware}")
+    """One line stating what every figure of a profile cost: search and retraining budget per task, hardware."""
+
+    def searched(overrides: tuple[str, ...], patch: str) -> str:
+        cfg = resolve(SearchConfig, profile.search_preset, overrides=list(overrides))
+        return (f"search {cfg.epochs} epochs x {cfg.patches_per_image} patch/image, batch {cfg.batch} of "
+                f"{patch or f'{cfg.patch}px'}, supernet L={cfg.space.layers} B={cfg.space.nodes} F={cfg.space.filters}")
+
+    def retrained(overrides: tuple[str, ...], patch: str) -> str:
+        cfg = resolve(TrainConfig, profile.train_preset, overrides=list(overrides))
+        spent = f"{cfg.minutes:g} CPU-minutes" if cfg.minutes else f"{cfg.iterations} it"
+        return f"retrain {spent} x batch {cfg.batch} of {patch or f'{cfg.patch}px'}, F={cfg.filters}"
+
+    tasks = {task for task, _ in profile.order}
+    parts = []
+    if "denoise" in tasks:
+        parts.append(f"denoising: {searched(profile.search, '')}; {retrained(profile.train, '')}")
+    if "sr" in tasks:
+        at = f"searched at x{profile.sr_search_scale}" if profile.sr_search_scale else "searched per scale"
+        high = f"{profile.sr_patch}px (high resolution)"
+        parts.append(f"SR ({at}): {searched((*profile.search, *profile.search_sr), high)}; "
+                     f"{retrained((*profile.train, *profile.train_sr), high)}")
+    return "; ".join(parts) + f"; {profile.hardware}"
 
 
 def main(argv: list[str] | None = None) -> int:
