@@ -19,6 +19,15 @@ def test_each_notebook_has_one_parameters_cell():
         assert cells[0]["cell_type"] == "markdown", f"{path.name} should open with its explanation"
 
 
+def test_the_results_notebook_builds_with_the_runners_default_workers():
+    import inspect
+
+    from hinas.studies.results import run_grid
+
+    default = inspect.signature(run_grid).parameters["workers"].default
+    assert pm.inspect_notebook(NOTEBOOKS / "05_results.ipynb")["workers"]["default"] == str(default)
+
+
 def test_papermill_parameters_change_the_search(tmp_path):
     out_dir = tmp_path / "search"
     executed = tmp_path / "01.ipynb"
