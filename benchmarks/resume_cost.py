@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from hinas.data.images import data_root, in_memory, load_images, split_images
+from hinas.data.images import data_root, in_memory, load_images
 from hinas.engine.checkpoint import Checkpointer, load_state, read_checkpoint
 from hinas.engine.rundir import CHECKPOINT, RunDir
 from hinas.engine.settings import SearchConfig, resolve
-from hinas.jobs.search import SearchProgress
+from hinas.jobs.search import SearchProgress, data_split
 from hinas.nas.supernet import Supernet
 
 
@@ -104,7 +104,7 @@ def paper_startup() -> dict | None:
         return None
     start = time.perf_counter()
     images = load_images(cfg.data, None, channels=cfg.space.in_channels)
-    weight, arch, val = split_images(images, cfg.val_images, cfg.seed)
+    weight, arch, val = data_split(cfg, images)
     in_memory(weight), in_memory(arch), in_memory(val, cfg.val_crop)
     decoded = time.perf_counter()
     Supernet(cfg.space)

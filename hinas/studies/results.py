@@ -85,6 +85,10 @@ class Profile:
     its fastest form whatever this is)."""
     hardware: str = "2 shared CPU cores (no GPU), one thread per process"
 
+    def sr_searched_at(self, scale: int) -> int:
+        """The scale of the SR searches whose genotypes are retrained at ``scale``."""
+        return self.sr_search_scale or scale
+
     @property
     def sigmas(self) -> tuple[int, ...]:
         """Noise levels of the report; the denoising searches train on all of them at once."""
@@ -185,7 +189,7 @@ def grid(profile: Profile, data_root: str = "") -> list[Job]:
         if task == "denoise" and not any(j.kind == "search" and j.out.startswith("search/denoise") for j in jobs):
             jobs += _denoise_searches(p, root, table)
         if task == "sr" and not (p.sr_search_scale and any(j.out.startswith("search/sr") for j in jobs)):
-            jobs += _sr_search(p, root, p.sr_search_scale or level)
+            jobs += _sr_search(p, root, p.sr_searched_at(level))
         for name, info, genotype, dep in _models(p, task, level):
             setting = [f"sigma={level}"] if task == "denoise" else [f"patch={p.sr_patch // level}", f"scale={level}"]
             data = p.denoise_data if task == "denoise" else p.sr_data
@@ -240,7 +244,7 @@ def _sr_search(p: Profile, root: list[str], scale: int) -> list[Job]:
 def _models(p: Profile, task: str, level: int) -> list[tuple[str, dict[str, Any], list[str], str]]:
     """(name, description, retrain overrides, the run it needs) of every model retrained at one noise level or scale."""
     if task == "sr":
-        searched = p.sr_search_scale or level
+        searched = p.sr_searched_at(level)
         models = [(f"hinas-lwas-s{seed}", {"family": "hinas", "variant": "lwas", "seed": seed},
                    [f"genotype=search/sr-x{searched}-s{seed}"], f"search/sr-x{searched}-s{seed}") for seed in p.seeds]
         prefix = f"genotype/sr-x{searched}-random"
