@@ -177,6 +177,25 @@ def test_the_report_says_yes_only_where_the_whole_interval_is_above_zero():
     assert answer({"gain_db": -0.5, "ci_low": -0.8, "ci_high": -0.2}).startswith("no, worse")
 
 
+def test_the_report_heads_each_task_and_level_with_the_papers_sharing_against_random_and_the_search_cost():
+    from hinas.studies.report import headlines
+
+    def beat(task, level, group, low, high):
+        return {"task": task, "level": level, "set": "B100" if task == "sr" else "BSD68", "group": group, "n": 5,
+                "n_random": 5, "gain_db": (low + high) / 2, "ci_low": low, "ci_high": high}
+
+    beats = [beat("denoise", 25, "lwas", -0.3, 0.1), beat("denoise", 25, "tied", 0.1, 0.3),
+             beat("sr", 4, "lwas", 0.2, 0.6), beat("sr", 2, "tied", 0.1, 0.2)]
+    searches = [{"search": "denoise-lwas-s0", "sharing": "lwas", "cpu_seconds": 1200.0},
+                {"search": "denoise-lwas-s1", "sharing": "lwas", "cpu_seconds": 1320.0},
+                {"search": "denoise-tied-s0", "sharing": "tied", "cpu_seconds": 6000.0},
+                {"search": "sr-x4-s0", "sharing": "lwas", "cpu_seconds": 1080.0}]
+    denoise, sr = headlines(beats, searches)
+    assert denoise.startswith("- **denoise sigma 25**, lwas (5 seeds) against 5 random architectures: BSD68: no clear")
+    assert "21 CPU-minutes on top (one search serves every sigma)" in denoise and "+0.20" not in denoise
+    assert sr.startswith("- **sr x4**") and "yes, +0.40 dB (95% CI +0.20 to +0.60)" in sr and "18 CPU-minutes" in sr
+
+
 def test_a_search_has_learnt_when_its_supernet_is_5_db_over_noise_or_above_bicubic():
     from hinas.studies.report import margins
 

@@ -45,6 +45,27 @@ def answer(row: dict[str, Any]) -> str:
     return f"no clear difference: {interval}"
 
 
+def headlines(beats: list[dict[str, Any]], searches: list[dict[str, Any]], group: str = "lwas") -> list[str]:
+    """One line per task and level: ``group`` (the paper's sharing) against the random architectures on every test set,
+    and what its searches cost on top; random architectures spend no search time, so a tie means the search did not
+    pay for its own CPU time."""
+    lines = []
+    for task, level in dict.fromkeys((b["task"], b["level"]) for b in beats):
+        mine = [b for b in beats if (b["task"], b["level"], b["group"]) == (task, level, group)]
+        if not mine:
+            continue
+        prefix = "denoise-" if task == "denoise" else "sr-"
+        cpu = [s["cpu_seconds"] / 60 for s in searches if s["search"].startswith(prefix) and s["sharing"] == group
+               and s.get("cpu_seconds")]
+        shared = " (one search serves every sigma)" if task == "denoise" else ""
+        cost = f"; each search cost {sum(cpu) / len(cpu):.0f} CPU-minutes on top{shared}" if cpu else ""
+        sets = "; ".join(f"{b['set']}: {answer(b)}" for b in mine)
+        label = f"sigma {level}" if task == "denoise" else f"x{level}"
+        lines.append(f"- **{task} {label}**, {group} ({mine[0]['n']} seeds) "
+                     f"against {mine[0]['n_random']} random architectures: {sets}{cost}.")
+    return lines
+
+
 def margins(searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each search row with its supernet's margin over the degraded input at the selected epoch and whether it is enough
     (:data:`SEARCH_MARGIN_DB` for denoising, above bicubic for SR)."""
@@ -114,6 +135,8 @@ def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, A
             "runs": "runs", "finished": "finished", "of": "of", "wall_min": "wall (min)", "cpu_min": "CPU (min)",
             "first": "first log (UTC)", "last": "last log (UTC)"}),
         "## The answer, per task and level\n",
+        *headlines(beats, searches),
+        "",
         "Mean PSNR of each group minus the mean of the random architectures of the same space, with a 95% "
         "percentile-bootstrap interval over runs (seeds of a search, draws of random architectures). A group beats "
         "random only where the whole interval is above zero.\n",

@@ -536,7 +536,7 @@ def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list
         if job.kind == "search" and done(runs, job):
             m, best = selected_epoch(runs / job.out)
             rows.append({"search": Path(job.out).name, "sharing": job.cfg.space.sharing, "seconds": m["seconds"],
-                         "steps": m["steps"],
+                         "cpu_seconds": m.get("cpu_seconds"), "steps": m["steps"],
                          "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], "val_psnr": m["val_psnr"],
                          "input_psnr": best["input_psnr"],
                          "skip_ops": m["skip_ops"], "supernet_params": m["supernet_params"], "path": m["genotype"]["path"]})
