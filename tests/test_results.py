@@ -159,14 +159,18 @@ def _row(model, family, variant, psnr, task="denoise", level=25):
 def test_summary_and_search_versus_random():
     rows = [_row("hinas-lwas-s0", "hinas", "lwas", 30.0), _row("hinas-lwas-s1", "hinas", "lwas", 31.0),
             _row("random-0", "random", "random", 29.0), _row("random-1", "random", "random", 30.8)]
+    for r, steps in zip(rows, (800, 901, 1000, 1100)):
+        r["iterations"] = steps
     summary = {s["group"]: s for s in results.summarise(rows)}
     assert summary["lwas"]["mean"] == pytest.approx(30.5) and summary["lwas"]["std"] == pytest.approx(0.7071, abs=1e-4)
     assert summary["random"]["n"] == 2 and summary["random"]["max"] == 30.8
     [verdict] = results.search_beats_random(rows)
     assert verdict["group"] == "lwas" and verdict["gain_db"] == pytest.approx(0.6) and verdict["beats_best_random"] is False
     assert verdict["ci_low"] < 0.6 < verdict["ci_high"] and verdict["ci_low"] > -0.81 and verdict["ci_high"] < 2.01
+    assert (verdict["iterations"], verdict["random_iterations"]) == (850, 1050)
     table = results.markdown_table(rows, 512)
     assert "**Denoising**" in table and "| sigma 25 | random-1 | 1.0 |" in table and "30.80 / 0.8000" in table
+    assert "| - | - | - | 1100 | 30.80" in table
 
 
 def test_the_report_says_yes_only_where_the_whole_interval_is_above_zero():
@@ -184,7 +188,8 @@ def test_the_report_heads_each_task_and_level_with_the_papers_sharing_against_ra
         return {"task": task, "level": level, "set": "B100" if task == "sr" else "BSD68", "group": group, "n": 5,
                 "n_random": 5, "gain_db": (low + high) / 2, "ci_low": low, "ci_high": high}
 
-    beats = [beat("denoise", 25, "lwas", -0.3, 0.1), beat("denoise", 25, "tied", 0.1, 0.3),
+    beats = [{**beat("denoise", 25, "lwas", -0.3, 0.1), "iterations": 900, "random_iterations": 1000},
+             beat("denoise", 25, "tied", 0.1, 0.3),
              beat("sr", 4, "lwas", 0.2, 0.6), beat("sr", 2, "tied", 0.1, 0.2)]
     searches = [{"search": "denoise-lwas-s0", "sharing": "lwas", "cpu_seconds": 1200.0},
                 {"search": "denoise-lwas-s1", "sharing": "lwas", "cpu_seconds": 1320.0},
@@ -193,6 +198,7 @@ def test_the_report_heads_each_task_and_level_with_the_papers_sharing_against_ra
     denoise, sr = headlines(beats, searches)
     assert denoise.startswith("- **denoise sigma 25**, lwas (5 seeds) against 5 random architectures: BSD68: no clear")
     assert "21 CPU-minutes on top (one search serves every sigma)" in denoise and "+0.20" not in denoise
+    assert "900 retraining iterations on average, random 1000" in denoise and "iterations" not in sr
     assert sr.startswith("- **sr x4**") and "yes, +0.40 dB (95% CI +0.20 to +0.60)" in sr and "18 CPU-minutes" in sr
 
 

@@ -60,10 +60,27 @@ def headlines(beats: list[dict[str, Any]], searches: list[dict[str, Any]], group
         shared = " (one search serves every sigma)" if task == "denoise" else ""
         cost = f"; each search cost {sum(cpu) / len(cpu):.0f} CPU-minutes on top{shared}" if cpu else ""
         sets = "; ".join(f"{b['set']}: {answer(b)}" for b in mine)
+        if mine[0].get("iterations") and mine[0].get("random_iterations"):
+            sets += f"; {mine[0]['iterations']} retraining iterations on average, random {mine[0]['random_iterations']}"
         label = f"sigma {level}" if task == "denoise" else f"x{level}"
         lines.append(f"- **{task} {label}**, {group} ({mine[0]['n']} seeds) "
                      f"against {mine[0]['n_random']} random architectures: {sets}{cost}.")
     return lines
+
+
+def verdict_table(beats: list[dict[str, Any]]) -> str:
+    """:func:`~hinas.studies.results.search_beats_random` as a Markdown table, each row's answer in words."""
+    return to_markdown([{**b, "answer": answer(b)} for b in beats],
+                       {"task": "task", "level": "level", "set": "set", "group": "group", "n": "runs",
+                        "n_random": "random", "mean": "mean PSNR", "random_mean": "random mean",
+                        "random_best": "best random", "iterations": "iterations",
+                        "random_iterations": "random iterations", "answer": "beats random?"})
+
+
+def spread_table(summary: list[dict[str, Any]]) -> str:
+    """:func:`~hinas.studies.results.summarise` as a Markdown table."""
+    return to_markdown(summary, {"task": "task", "level": "level", "set": "set", "group": "group", "n": "n",
+                                 "mean": "mean PSNR", "std": "std", "min": "min", "max": "max"})
 
 
 def margins(searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -140,9 +157,7 @@ def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, A
         "Mean PSNR of each group minus the mean of the random architectures of the same space, with a 95% "
         "percentile-bootstrap interval over runs (seeds of a search, draws of random architectures). A group beats "
         "random only where the whole interval is above zero.\n",
-        to_markdown([{**b, "answer": answer(b)} for b in beats],
-                    {"task": "task", "level": "level", "set": "set", "group": "group", "n": "runs", "n_random": "random",
-                     "mean": "mean PSNR", "random_mean": "random mean", "random_best": "best random", "answer": "beats random?"}),
+        verdict_table(beats),
         "## Did every search learn?\n",
         f"The supernet's validation PSNR at the selected epoch beside its degraded input's: a denoising search counts "
         f"as having learnt the task {SEARCH_MARGIN_DB:g} dB or more above its noisy input, an SR search above bicubic.\n",
@@ -153,8 +168,7 @@ def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, A
         f"![PSNR per model]({figures}/psnr.png)\n",
         markdown_table(rows, profile.latency_size),
         "## Spread per group\n",
-        to_markdown(summarise(rows), {"task": "task", "level": "level", "set": "set", "group": "group", "n": "n",
-                                      "mean": "mean PSNR", "std": "std", "min": "min", "max": "max"}),
+        spread_table(summarise(rows)),
     ]
     if extra:
         parts += ["---\n", *(Path(p).read_text().strip() + "\n" for p in extra)]

@@ -559,12 +559,13 @@ def markdown_table(rows: list[dict[str, Any]], size: int) -> str:
         chosen = [r for r in rows if r["task"] == task]
         sets = sets_of(chosen)
         head = ["level", "model", "params (K)", f"GFLOPs ({size}²)", f"latency {size}² (s)", "CPU time (s)",
-                *[f"{s} PSNR / SSIM" for s in sets]]
+                "retrain iterations", *[f"{s} PSNR / SSIM" for s in sets]]
         lines = [f"**{'Denoising' if task == 'denoise' else 'Super-resolution'}**", "", "| " + " | ".join(head) + " |",
                  "|" + "---|" * len(head)]
         for r in chosen:
             cells = [f"sigma {r['level']}" if task == "denoise" else f"x{r['level']}", r["model"], _fmt(r["params"] / 1e3, 1),
-                     _fmt(r.get("gflops"), 2), _fmt(r.get("latency_s"), 3), _fmt(r.get("cpu_s"), 3)]
+                     _fmt(r.get("gflops"), 2), _fmt(r.get("latency_s"), 3), _fmt(r.get("cpu_s"), 3),
+                     _fmt(r.get("iterations"), 0)]
             cells += [f"{r[f'{s}/psnr']:.2f} / {r[f'{s}/ssim']:.4f}" if f"{s}/psnr" in r else "-" for s in sets]
             lines.append("| " + " | ".join(cells) + " |")
         tables.append("\n".join(lines) + "\n")
@@ -596,9 +597,19 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def search_beats_random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (task, level, set) and group (each HiNAS variant, DnCNN-17): its mean PSNR minus the random architectures',
-    with a 95% percentile-bootstrap interval (:func:`hinas.studies.aggregate.bootstrap_difference`), and whether its
-    mean beats the best random architecture."""
+    with a 95% percentile-bootstrap interval (:func:`hinas.studies.aggregate.bootstrap_difference`), whether its
+    mean beats the best random architecture, and the mean retraining iterations of both: at equal CPU time a slower
+    network trains fewer."""
     groups = psnr_groups(rows)
+    steps: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r.get("iterations") is not None:
+            steps.setdefault((r["task"], r["level"], r["variant"] if r["family"] == "hinas" else r["family"]),
+                             []).append(r["iterations"])
+
+    def mean_steps(task: str, level: int, group: str) -> int | None:
+        return round(statistics.fmean(steps[task, level, group])) if (task, level, group) in steps else None
+
     out = []
     for (task, level, name, group), values in groups.items():
         rnd = groups.get((task, level, name, "random"))
@@ -608,7 +619,8 @@ def search_beats_random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"task": task, "level": level, "set": name, "group": group, "n": len(values), "n_random": len(rnd),
                     "mean": statistics.fmean(values), "random_mean": statistics.fmean(rnd), "random_best": max(rnd),
                     "gain_db": ci["diff"], "ci_low": ci["low"], "ci_high": ci["high"],
-                    "beats_best_random": statistics.fmean(values) > max(rnd)})
+                    "beats_best_random": statistics.fmean(values) > max(rnd),
+                    "iterations": mean_steps(task, level, group), "random_iterations": mean_steps(task, level, "random")})
     return out
 
 
