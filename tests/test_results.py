@@ -1,6 +1,7 @@
 """The results experiments: random architectures, DnCNN through the retrain loop, the grid and its tables."""
 
 import json
+import os
 import time
 
 import pytest
@@ -144,6 +145,12 @@ def test_the_latency_verdict_compares_a_search_with_the_randoms_of_its_own_targe
     timed = results.latency_rows(rows)
     assert [r["latency_ms"] for r in timed] == sorted(r["latency_ms"] for r in rows)
     assert timed[0]["error_pct"] == pytest.approx(100 * (178 / 175 - 1)) and timed[-1]["error_pct"] is None
+
+
+def test_every_grid_job_gets_a_fresh_process():
+    with results.fresh_process_pool(1) as pool:
+        pids = [pool.submit(os.getpid).result() for _ in range(3)]
+    assert len(set(pids)) == 3 and os.getpid() not in pids
 
 
 def test_a_deadline_in_the_past_starts_nothing(tmp_path):

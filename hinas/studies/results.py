@@ -420,7 +420,7 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
     os.environ.update(env)  # inherited by the spawned workers before torch loads there
     running: dict[Future, tuple[Job, float]] = {}
     failed: list[Job] = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with fresh_process_pool(workers) as pool:
         while running or (pending and (deadline is None or time.time() < deadline)):
             ready_jobs = [j for j in pending if all(n in finished for n in j.needs)]
             late = deadline is not None and time.time() >= deadline
@@ -441,6 +441,17 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
                 finished.add(job.out)
                 log(f"done  {job.out} ({time.time() - start:.0f} s)")
     return failed + pending
+
+
+def fresh_process_pool(workers: int) -> ProcessPoolExecutor:
+    """Workers that each run one job and exit, so no job sees what an earlier one left in its process.
+
+    Why: in a long-lived worker two SR retrains of the equal-time grid failed at their first step with an infinite
+    gradient norm; in a fresh process the same jobs, with the same first loss to the last digit, trained normally.
+    What a process did before (its freed memory, which :func:`hinas.hardware.keep_freed_memory` keeps) moved bf16
+    losses in their last digits there. A worker start costs seconds, a job minutes.
+    """
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), max_tasks_per_child=1)
 
 
 def startable(ready: list[Job], running: list[Job], workers: int) -> list[Job]:
