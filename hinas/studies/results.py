@@ -444,12 +444,9 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
 
 
 def fresh_process_pool(workers: int) -> ProcessPoolExecutor:
-    """Workers that each run one job and exit, so no job sees what an earlier one left in its process.
-
-    Why: in a long-lived worker two SR retrains of the equal-time grid failed at their first step with an infinite
-    gradient norm; in a fresh process the same jobs, with the same first loss to the last digit, trained normally.
-    What a process did before (its freed memory, which :func:`hinas.hardware.keep_freed_memory` keeps) moved bf16
-    losses in their last digits there. A worker start costs seconds, a job minutes.
+    """Workers that each run one job and exit, so no job's result depends on what an earlier one did in its process
+    (its freed memory, which :func:`hinas.hardware.keep_freed_memory` keeps, moved bf16 losses in their last digits).
+    A worker start costs seconds, a job minutes.
     """
     return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), max_tasks_per_child=1)
 
