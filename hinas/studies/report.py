@@ -21,6 +21,7 @@ from hinas.studies.results import (
     budget,
     done,
     grid,
+    level_label,
     markdown_table,
     search_beats_random,
     search_rows,
@@ -62,8 +63,7 @@ def headlines(beats: list[dict[str, Any]], searches: list[dict[str, Any]], group
         sets = "; ".join(f"{b['set']}: {answer(b)}" for b in mine)
         if mine[0].get("iterations") and mine[0].get("random_iterations"):
             sets += f"; {mine[0]['iterations']} retraining iterations on average, random {mine[0]['random_iterations']}"
-        label = f"sigma {level}" if task == "denoise" else f"x{level}"
-        lines.append(f"- **{task} {label}**, {group} ({mine[0]['n']} seeds) "
+        lines.append(f"- **{task} {level_label(task, level)}**, {group} ({mine[0]['n']} seeds) "
                      f"against {mine[0]['n_random']} random architectures: {sets}{cost}.")
     return lines
 

@@ -169,6 +169,11 @@ class Job:
     """Runs alone: it times networks, and a job on the other core slows them (see :mod:`hinas.infer.latency_table`)."""
 
 
+def level_label(task: str, level: int) -> str:
+    """How tables name a noise level or scale: ``sigma 25``, ``x4``."""
+    return f"sigma {level}" if task == "denoise" else f"x{level}"
+
+
 def _level(task: str, level: int) -> str:
     return f"sigma{level}" if task == "denoise" else f"x{level}"
 
@@ -571,7 +576,7 @@ def markdown_table(rows: list[dict[str, Any]], size: int) -> str:
         lines = [f"**{'Denoising' if task == 'denoise' else 'Super-resolution'}**", "", "| " + " | ".join(head) + " |",
                  "|" + "---|" * len(head)]
         for r in chosen:
-            cells = [f"sigma {r['level']}" if task == "denoise" else f"x{r['level']}", r["model"], _fmt(r["params"] / 1e3, 1),
+            cells = [level_label(task, r["level"]), r["model"], _fmt(r["params"] / 1e3, 1),
                      _fmt(r.get("gflops"), 2), _fmt(r.get("latency_s"), 3), _fmt(r.get("cpu_s"), 3),
                      _fmt(r.get("iterations"), 0)]
             cells += [f"{r[f'{s}/psnr']:.2f} / {r[f'{s}/ssim']:.4f}" if f"{s}/psnr" in r else "-" for s in sets]
@@ -587,11 +592,16 @@ def to_markdown(rows: list[dict[str, Any]], columns: dict[str, str], digits: int
     return "\n".join(lines) + "\n"
 
 
+def group_of(row: dict[str, Any]) -> str:
+    """The group a model is compared in: its HiNAS variant, or the family of other models (random, dncnn, bicubic)."""
+    return row["variant"] if row["family"] == "hinas" else row["family"]
+
+
 def psnr_groups(rows: list[dict[str, Any]]) -> dict[tuple, list[float]]:
-    """PSNR values per (task, level, set, group); the group is the HiNAS variant, or the family of other models."""
+    """PSNR values per (task, level, set, :func:`group_of`)."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
-        name = r["variant"] if r["family"] == "hinas" else r["family"]
+        name = group_of(r)
         for s in sets_of([r]):
             groups.setdefault((r["task"], r["level"], s, name), []).append(r[f"{s}/psnr"])
     return groups
@@ -612,8 +622,7 @@ def search_beats_random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     steps: dict[tuple, list[float]] = {}
     for r in rows:
         if r.get("iterations") is not None:
-            steps.setdefault((r["task"], r["level"], r["variant"] if r["family"] == "hinas" else r["family"]),
-                             []).append(r["iterations"])
+            steps.setdefault((r["task"], r["level"], group_of(r)), []).append(r["iterations"])
 
     def mean_steps(task: str, level: int, group: str) -> int | None:
         return round(statistics.fmean(steps[task, level, group])) if (task, level, group) in steps else None
