@@ -158,6 +158,55 @@ def test_a_deadline_in_the_past_starts_nothing(tmp_path):
     assert len(left) == len(results.grid(results.PROFILES["smoke"])) and not any(tmp_path.iterdir())
 
 
+def _finish(runs, job):
+    """Leave ``job``'s run directory as a finished run would: what ``results.done`` reads, weights, a log."""
+    d = runs / job.out
+    d.mkdir(parents=True, exist_ok=True)
+    if job.kind == "table":
+        (runs / results.LATENCY_TABLE).write_text("{}")
+    elif job.kind == "measure":
+        (d / "latency.json").write_text(json.dumps({out: {"ms": 1.0} for out in job.needs}))
+    else:
+        for name in ("genotype.json", "metrics.json", "complexity.json"):
+            (d / name).write_text(json.dumps({"job": job.out}))
+        (d / "best.pt").write_bytes(b"weights")
+        (d / "checkpoint.pt").write_bytes(b"weights")
+    (d / "log.jsonl").write_text('{"time": 1.0}\n')
+
+
+def test_records_let_a_fresh_checkout_resume_the_grid_without_weights(tmp_path):
+    profile = results.PROFILES["smoke"]
+    jobs = results.grid(profile)
+    runs, records, fresh = tmp_path / "runs", tmp_path / "records", tmp_path / "fresh"
+    for job in jobs:
+        _finish(runs, job)
+    assert results.sync_records(runs, records, profile) == []  # everything was there: recorded, nothing restored
+    assert all(results.done(records, j) for j in jobs) and not list(records.rglob("*.pt"))
+    assert (records / jobs[-1].out / "log.jsonl").is_file()
+
+    assert results.sync_records(fresh, records, profile) == jobs  # a fresh checkout: the whole grid is finished
+    assert all(results.done(fresh, j) for j in jobs)
+    assert results.run_grid(fresh, profile, records=records, log=lambda _: None) == []
+
+
+def test_a_retrain_whose_evaluation_is_not_recorded_runs_again_but_its_search_is_restored(tmp_path):
+    profile = results.PROFILES["smoke"]
+    jobs = results.grid(profile)
+    evaluation = next(j for j in jobs if j.kind == "evaluate" and j.needs[0].endswith("hinas-lwas-s0"))
+    runs, records, fresh = tmp_path / "runs", tmp_path / "records", tmp_path / "fresh"
+    for job in jobs:
+        if job.kind != "measure" and job is not evaluation:
+            _finish(runs, job)
+    results.sync_records(runs, records, profile)
+    restored = {j.out for j in results.sync_records(fresh, records, profile)}
+    retrain, search = evaluation.needs[0], "search/denoise-lwas-s0"
+    assert search in restored and retrain not in restored and evaluation.out not in restored
+    # the measure job times every model's weights: nothing it needs is restored without them
+    assert not any(j.kind in ("retrain", "evaluate") and j.out in restored and j.info.get("level") == 25 for j in jobs)
+    assert all(j.kind in results.WEIGHTLESS for j in jobs if j.out in restored and j.info.get("task") == "denoise")
+    assert all(j.out in restored for j in jobs if j.info.get("task") == "sr")  # SR models are not timed: restored
+
+
 def _row(model, family, variant, psnr, task="denoise", level=25):
     return {"task": task, "level": level, "model": model, "family": family, "variant": variant, "seed": 0, "params": 1000,
             "Set12/psnr": psnr, "Set12/ssim": 0.8}

@@ -4,7 +4,8 @@ The grid is data (:func:`grid`): HiNAS searches per sharing variant and seed, ea
 noise level with the same budget as random architectures from the same space and a DnCNN-17 trained by the
 same loop; for SR searches (per scale, or at one scale as in the paper) against random architectures and bicubic.
 A profile (:data:`PROFILES`) sizes it, from ``smoke`` (minutes, for CI) to ``equal-time`` (hours, resumed across
-sessions). :func:`run_grid` runs what is missing (a finished run directory is skipped, an interrupted one resumed),
+sessions). :func:`run_grid` runs what is missing (a finished run directory is skipped, an interrupted one resumed,
+one recorded in a committed folder restored from it: :func:`sync_records`),
 :func:`collect` reads the run directories back into plain rows, and :mod:`hinas.studies.report` writes RESULTS.md
 from them.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -290,6 +292,47 @@ def done(runs: Path, job: Job) -> bool:
     return (d / "metrics.json").is_file() and (job.kind != "evaluate" or (d / "complexity.json").is_file())
 
 
+RECORDED = ("*.json", "log.jsonl")
+"""What a job's record keeps of its finished run directory: every result the report reads, no weights."""
+WEIGHTLESS = ("search", "genotype", "table")
+"""Kinds of job whose record is all that the jobs needing them read (a genotype, a latency table): restored alone."""
+
+
+def record(runs: Path, records: Path, job: Job) -> None:
+    """Copy a finished job's results (:data:`RECORDED`, not its checkpoints) from ``runs`` into ``records``: committed,
+    they survive a fresh checkout, which run directories (kept out of git for their weights) do not."""
+    src, dst = runs / job.out, records / job.out
+    dst.mkdir(parents=True, exist_ok=True)
+    for pattern in RECORDED:
+        for path in src.glob(pattern):
+            if path.is_file():
+                shutil.copy2(path, dst / path.name)
+
+
+def sync_records(runs: str | Path, records: str | Path, profile: Profile, data_root: str = "") -> list[Job]:
+    """Record every finished job not yet recorded, and restore into ``runs`` the recorded jobs it lacks; returns the
+    restored ones. A retrain or evaluation is restored only when every job downstream of it is recorded too, as
+    those read its weights, which records do not hold: otherwise it runs again."""
+    runs, records = Path(runs), Path(records)
+    jobs = grid(profile, data_root)
+    for job in jobs:
+        if done(runs, job) and not done(records, job):
+            record(runs, records, job)
+    recorded = {j.out for j in jobs if done(records, j)}
+    downstream: dict[str, set[str]] = {j.out: set() for j in jobs}
+    for job in reversed(jobs):  # grid order puts a job after what it needs, so its dependents are complete here
+        for need in job.needs:
+            downstream[need] |= {job.out, *downstream[job.out]}
+    restored = [j for j in jobs if j.out in recorded and not done(runs, j)
+                and (j.kind in WEIGHTLESS or downstream[j.out] <= recorded)]
+    for job in restored:
+        (runs / job.out).mkdir(parents=True, exist_ok=True)
+        for path in (records / job.out).iterdir():
+            if path.is_file():
+                shutil.copy2(path, runs / job.out / path.name)
+    return restored
+
+
 def run_job(runs: str, job: Job, profile: Profile) -> str:
     """Run one job in this process at one thread (the machine is shared).
 
@@ -403,15 +446,26 @@ def measured_latencies(checkpoints: dict[str, Path], size: int, precision: str, 
 
 
 def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers: int = 2, deadline: float | None = None,
-             log: Callable[[str], None] = print) -> list[Job]:
+             records: str | Path | None = None, log: Callable[[str], None] = print) -> list[Job]:
     """Run every unfinished job of the grid, ``workers`` processes at a time, each as soon as what it needs is done.
 
     Jobs start in grid order and none starts after ``deadline`` (a ``time.time()``), so a budget cuts the
     last blocks of ``profile.order``; rerunning resumes. A failed job is logged and what needs it skipped.
+    With ``records`` (a folder kept in git), every finished job is recorded there as it ends and what ``runs``
+    lacks is restored from it first (:func:`sync_records`), so a fresh checkout resumes the grid.
     Returns the jobs left undone (failed ones first).
     """
     runs = Path(runs)
     jobs = grid(profile, data_root)
+    if records is not None:
+        for job in sync_records(runs, records, profile, data_root):
+            log(f"restored {job.out} from {records}")
+
+    def finish(job: Job, start: float) -> None:
+        if records is not None:
+            record(runs, Path(records), job)
+        log(f"done  {job.out} ({time.time() - start:.0f} s)")
+
     pending = [j for j in jobs if not done(runs, j)]
     finished = {j.out for j in jobs if done(runs, j)} | {""}
     if workers <= 1:
@@ -419,7 +473,7 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
             job = pending.pop(0)
             start = time.time()
             run_job(str(runs), job, profile)
-            log(f"done  {job.out} ({time.time() - start:.0f} s)")
+            finish(job, start)
         return pending
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     os.environ.update(env)  # inherited by the spawned workers before torch loads there
@@ -444,7 +498,7 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
                     pending = _without_dependents(pending, job)
                     continue
                 finished.add(job.out)
-                log(f"done  {job.out} ({time.time() - start:.0f} s)")
+                finish(job, start)
     return failed + pending
 
 
@@ -766,7 +820,8 @@ def budget(profile: Profile) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hinas.studies.results --profile cpu --runs results/runs [--workers 2] [--stop-at 23:05]``: build the runs."""
+    """``python -m hinas.studies.results --profile cpu --runs results/runs [--records DIR] [--workers 2] [--stop-at 23:05]``:
+    build the runs."""
     from datetime import UTC, datetime
 
     args = build_parser().parse_args(argv)
@@ -777,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
         hour, minute = map(int, args.stop_at.split(":"))
         deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
     left = run_grid(args.runs, profile, data_root=args.data_root, workers=args.workers, deadline=deadline,
-                    log=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
+                    records=args.records, log=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
     print(f"{len(left)} jobs left undone" + (f": {', '.join(j.out for j in left)}" if left else ""))
     if args.metrics:
         rows = collect(args.runs, profile, args.data_root)
@@ -796,6 +851,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data-root", default="")
     parser.add_argument("--stop-at", help="UTC time HH:MM after which no job starts")
+    parser.add_argument("--records", help="folder kept in git that records every finished run's results (no weights) "
+                        "and from which a fresh checkout resumes, e.g. results/equal-time/records")
     parser.add_argument("--targets", type=_targets, help="latency targets instead of the profile's, as MS:RANDOMS,... "
                         "(e.g. 185:5: a search at 185 ms and 5 random architectures of its network's latency)")
     parser.add_argument("--metrics", help="write the latency targets' verdicts (latency_verdict) to this JSON file")
