@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -24,6 +26,27 @@ def pick_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     return device
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``/proc/cpuinfo``), else what Python knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device | None = None) -> str:
+    """What a run computes on, as runs, reports and latency tables name it: a GPU's name, or the CPU's model with the
+    vector instructions torch dispatches to and whether it has bf16 units. Why: virtual machines may report only a
+    family ("AMD EPYC") for CPUs as different as AVX2 and AVX-512 bf16 ones, whose training steps differ 2-4x, so
+    CPU time is equal work only on the same machine."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()}{', bf16 units' if cpu_has_bf16() else ''})"
 
 
 def auto_threads() -> int:

@@ -13,7 +13,7 @@ from hinas.nas.baselines import DnCNN
 from hinas.nas.genotype import Genotype, legal_paths, random_genotype
 from hinas.nas.network import load_model
 from hinas.nas.space import PRESETS
-from hinas.studies import results
+from hinas.studies import report, results
 from hinas.studies.aggregate import bootstrap_difference
 
 
@@ -172,6 +172,7 @@ def _finish(runs, job):
         (d / "best.pt").write_bytes(b"weights")
         (d / "checkpoint.pt").write_bytes(b"weights")
     (d / "log.jsonl").write_text('{"time": 1.0}\n')
+    (d / "config.yaml").write_text("seed: 0\n")
 
 
 def test_records_let_a_fresh_checkout_resume_the_grid_without_weights(tmp_path):
@@ -182,7 +183,7 @@ def test_records_let_a_fresh_checkout_resume_the_grid_without_weights(tmp_path):
         _finish(runs, job)
     assert results.sync_records(runs, records, profile) == []  # everything was there: recorded, nothing restored
     assert all(results.done(records, j) for j in jobs) and not list(records.rglob("*.pt"))
-    assert (records / jobs[-1].out / "log.jsonl").is_file()
+    assert all((records / jobs[-1].out / name).is_file() for name in ("log.jsonl", "config.yaml"))
 
     assert results.sync_records(fresh, records, profile) == jobs  # a fresh checkout: the whole grid is finished
     assert all(results.done(fresh, j) for j in jobs)
@@ -210,6 +211,18 @@ def test_a_retrain_whose_evaluation_is_not_recorded_runs_again_but_its_search_is
 def _row(model, family, variant, psnr, task="denoise", level=25):
     return {"task": task, "level": level, "model": model, "family": family, "variant": variant, "seed": 0, "params": 1000,
             "Set12/psnr": psnr, "Set12/ssim": 0.8}
+
+
+def test_the_report_names_each_machine_and_warns_where_a_level_was_retrained_on_two():
+    rows = [_row("hinas-lwas-s0", "hinas", "lwas", 30.0), _row("random-0", "random", "random", 29.0),
+            _row("random-0", "random", "random", 33.0, task="sr", level=2), _row("bicubic", "bicubic", "bicubic", 31.0, "sr", 2)]
+    for r, name in zip(rows, ("EPYC (AVX512, bf16 units)", "EPYC (AVX2)", "EPYC (AVX2)", None)):
+        r["machine"] = name
+    searches = [{"machine": "EPYC (AVX2)"}, {}]
+    assert report.machines(rows, searches) == ("EPYC (AVX2) (1 searches, 2 retrains); machine not recorded (1 searches); "
+                                                "EPYC (AVX512, bf16 units) (1 retrains)")
+    [warning] = report.mixed_machines(rows)
+    assert warning.startswith("- **Mixed machines at denoising sigma 25**: retrained on EPYC (AVX2) and EPYC (AVX512")
 
 
 def test_summary_and_search_versus_random():

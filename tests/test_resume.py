@@ -212,6 +212,20 @@ def test_resume_refuses_other_settings_or_code_unless_forced(interrupted, capsys
     assert [r["position"] for r in log if r["event"] == "resume"] == ["epoch 1 step 1"]
 
 
+def test_a_run_resumes_on_another_machine_that_computes_alike_but_not_in_another_precision(interrupted, capsys,
+                                                                                             monkeypatch):
+    first = read_checkpoint(interrupted / CHECKPOINT, "search")["facts"]
+    assert first["machine"] == hinas.engine.loop.machine(torch.device("cpu"))
+    monkeypatch.setattr(hinas.engine.loop, "precision_name", lambda dtype: "bf16")
+    assert main(["search", "--resume", str(interrupted), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.split("would resume with ")[1].split(";")[0] == "precision float32 -> bf16"  # the machine is no reason
+    monkeypatch.undo()
+    monkeypatch.setattr(hinas.engine.loop, "machine", lambda device: "Another CPU (AVX2)")
+    assert main(["search", "--resume", str(interrupted), "--quiet"]) == 0
+    assert json.loads((interrupted / "metrics.json").read_text())["machine"] == "Another CPU (AVX2)"
+
+
 def test_a_checkpoint_from_another_search_space_is_refused(interrupted, capsys):
     run = str(interrupted)
     other = ["search", "--resume", run, "--preset", "smoke", "--set", "space.filters=3", "--quiet"]

@@ -34,6 +34,7 @@ from hinas.hardware import (
     amp_dtype,
     autocast,
     exact_float32,
+    machine,
     memory_layout,
     pick_device,
     precision_name,
@@ -157,10 +158,10 @@ class Start:
     compiled: bool = False
 
     def facts(self) -> dict[str, Any]:
-        """How the run computes, as its metrics and checkpoints record it."""
+        """How the run computes and on what, as its metrics and checkpoints record it."""
         layout = "channels_last" if self.layout == torch.channels_last else "nchw"
         return {"device": self.ctx.device.type, "precision": precision_name(self.amp), "layout": layout,
-                "compiled": self.compiled}
+                "compiled": self.compiled, "machine": machine(self.ctx.device)}
 
 
 def start_run(out: Path, kind: str, cfg: RunConfig, *, overwrite: bool, resume: bool, force: bool, progress: bool) -> Start:
@@ -177,8 +178,9 @@ def start_run(out: Path, kind: str, cfg: RunConfig, *, overwrite: bool, resume: 
     start = Start(saved, ctx, progress and ctx.is_main, amp_dtype(ctx.device, cfg.amp, kind), memory_layout(ctx.device, kind),
                   cfg.compile)
     then = (saved or {}).get("facts")
-    if then and then != start.facts() and not force:
-        changed = ", ".join(f"{k} {then.get(k)} -> {v}" for k, v in start.facts().items() if then.get(k) != v)
+    changed = ", ".join(f"{k} {then.get(k)} -> {v}" for k, v in start.facts().items()
+                        if then and k != "machine" and then.get(k) != v)  # another machine computing alike may resume
+    if changed and not force:
         raise CheckpointError(f"{out} was computed with {then} and would resume with {changed}; resume on a machine that "
                               "resolves the same (set device and amp explicitly), or pass --force")
     return start

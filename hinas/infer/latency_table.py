@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -37,7 +36,7 @@ import torch
 
 from hinas.errors import ConfigError
 from hinas.files import atomic_write_bytes
-from hinas.hardware import keep_freed_memory, pick_device
+from hinas.hardware import keep_freed_memory, machine, pick_device
 from hinas.infer.backends import InferenceModel, bf16_native
 from hinas.nas.genotype import Genotype, random_genotype
 from hinas.nas.latency import FIXED_PARTS, LatencyTable, endpoint_is_cell, network_latency, out_width, scaler_key, scaler_pairs
@@ -53,16 +52,6 @@ CALIBRATION_SEED = 10_000
 MAX_BYTES = 1 << 20
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def clock(device: torch.device) -> tuple[str, Callable[[], float]]:
     """How latency is timed: on the CPU with one thread, the CPU time of the thread that runs every kernel (time
     other processes take the core for is not counted, though they still slow it through shared caches); else wall
@@ -75,8 +64,7 @@ def clock(device: torch.device) -> tuple[str, Callable[[], float]]:
 def environment(device: torch.device, size: int, precision: TablePrecision = "float32") -> dict[str, Any]:
     """What a latency depends on besides the network: where and how it runs, in which precision, on what input,
     timed how."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    return {"device": device.type, "device_name": name, "precision": precision,
+    return {"device": device.type, "device_name": machine(device), "precision": precision,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "size": size, "clock": clock(device)[0]}
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from hinas.infer.latency_table import cpu_model
 from hinas.studies.results import (
     Profile,
     budget,
@@ -126,6 +125,29 @@ def costs(runs: str | Path, profile: Profile, data_root: str = "") -> list[dict[
     return out
 
 
+def machines(rows: list[dict[str, Any]], searches: list[dict[str, Any]]) -> str:
+    """Which machines computed the searches and retrains, with how many of each (sessions may land on different ones)."""
+    count: dict[str, dict[str, int]] = {}
+    for kind, runs in (("searches", searches), ("retrains", [r for r in rows if r["family"] != "bicubic"])):
+        for r in runs:
+            name = r.get("machine") or "machine not recorded"
+            count.setdefault(name, {}).setdefault(kind, 0)
+            count[name][kind] += 1
+    return "; ".join(f"{name} ({', '.join(f'{n} {kind}' for kind, n in kinds.items())})" for name, kinds in count.items())
+
+
+def mixed_machines(rows: list[dict[str, Any]]) -> list[str]:
+    """A warning for every task and level whose models were retrained on more than one machine: there the same CPU time
+    bought different amounts of training, so its comparison is confounded with the machine."""
+    levels: dict[tuple[str, int], set[str]] = {}
+    for r in rows:
+        if r["family"] != "bicubic":
+            levels.setdefault((r["task"], r["level"]), set()).add(r.get("machine") or "machine not recorded")
+    return [f"- **Mixed machines at {'denoising' if task == 'denoise' else 'SR'} {level_label(task, level)}**: retrained "
+            f"on {' and '.join(sorted(names))}; equal CPU time is not equal training there, so read its comparison with care."
+            for (task, level), names in levels.items() if len(names) > 1]
+
+
 def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, Any]], *, data_root: str = "",
            figures: str = "results", extra: Sequence[str | Path] = ()) -> str:
     """The whole RESULTS.md for profile ``name`` from its runs and the rows :func:`~hinas.studies.results.collect` read;
@@ -139,8 +161,9 @@ def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, A
         f"Written by `notebooks/05_results.ipynb` (profile `{name}`) from the run directories; rebuild it after more "
         "runs finish. The sections after the horizontal rule are other studies, pasted from their own files.\n",
         "## Hardware, budget and wall time\n",
-        f"- **Hardware**: {cpu_model()}, {profile.hardware}; PyTorch {torch.__version__}, Python "
+        f"- **Hardware**: {machines(rows, searches)}; {profile.hardware}; PyTorch {torch.__version__}, Python "
         f"{platform.python_version()}.",
+        *mixed_machines(rows),
         f"- **Budget** (every model of a task and level gets the same retraining CPU time, whatever its speed): "
         f"{budget(profile)}.",
         f"- **Data**: denoising searches on {profile.denoise_search_data}, retraining on {profile.denoise_data}, tests on "

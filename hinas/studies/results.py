@@ -292,8 +292,8 @@ def done(runs: Path, job: Job) -> bool:
     return (d / "metrics.json").is_file() and (job.kind != "evaluate" or (d / "complexity.json").is_file())
 
 
-RECORDED = ("*.json", "log.jsonl")
-"""What a job's record keeps of its finished run directory: every result the report reads, no weights."""
+RECORDED = ("*.json", "config.yaml", "log.jsonl")
+"""What a job's record keeps of its finished run directory: its settings and every result the report reads, no weights."""
 WEIGHTLESS = ("search", "genotype", "table")
 """Kinds of job whose record is all that the jobs needing them read (a genotype, a latency table): restored alone."""
 
@@ -552,7 +552,7 @@ def collect(runs: str | Path, profile: Profile, data_root: str = "") -> list[dic
         row = {"task": info["task"], "level": info["level"], "model": info["model"], "family": info["family"],
                "variant": info["variant"], "seed": info["seed"], "params": cx["params"], "gflops": cx["flops"] / 1e9,
                "latency_s": cx["latency_s"], "cpu_s": cx["cpu_s"], "train_s": trained["seconds"],
-               "iterations": trained["iterations"]}
+               "iterations": trained["iterations"], "machine": trained.get("machine")}
         if job.out in timed:
             row.update(latency_ms=timed[job.out]["ms"], latency_form=timed[job.out]["form"], target_ms=info.get("target_ms"),
                        predicted_ms=_predicted(runs, job.cfg.model))
@@ -606,7 +606,8 @@ def search_rows(runs: str | Path, profile: Profile, data_root: str = "") -> list
                          "cpu_seconds": m.get("cpu_seconds"), "steps": m["steps"],
                          "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], "val_psnr": m["val_psnr"],
                          "input_psnr": best["input_psnr"],
-                         "skip_ops": m["skip_ops"], "supernet_params": m["supernet_params"], "path": m["genotype"]["path"]})
+                         "skip_ops": m["skip_ops"], "supernet_params": m["supernet_params"], "path": m["genotype"]["path"],
+                         "machine": m.get("machine")})
     return rows
 
 
