@@ -167,6 +167,7 @@ def test_main_job_trains_and_tests_on_what_its_preset_names(tmp_path, monkeypatc
         assert trained.minutes > 0 and trained.iterations > 100_000  # a CPU-time budget, not an iteration count
     else:
         assert (found.data, trained.data, tested.sets) == ("embedded-train", "embedded-train", ("embedded-val",))
+        assert 0 < trained.minutes <= 15 and trained.iterations == 2000  # a slower CPU trains fewer, not longer
 
 
 def test_tensorboard_receives_the_logged_scalars(tmp_path):
