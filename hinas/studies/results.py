@@ -298,12 +298,13 @@ WEIGHTLESS = ("search", "genotype", "table")
 """Kinds of job whose record is all that the jobs needing them read (a genotype, a latency table): restored alone."""
 
 
-def record(runs: Path, records: Path, job: Job) -> None:
+def record(runs: Path, records: Path, job: Job, patterns: tuple[str, ...] = RECORDED) -> None:
     """Copy a finished job's results (:data:`RECORDED`, not its checkpoints) from ``runs`` into ``records``: committed,
-    they survive a fresh checkout, which run directories (kept out of git for their weights) do not."""
+    they survive a fresh checkout, which run directories (kept out of git for their weights) do not. Swapped
+    around, with every file, it restores them."""
     src, dst = runs / job.out, records / job.out
     dst.mkdir(parents=True, exist_ok=True)
-    for pattern in RECORDED:
+    for pattern in patterns:
         for path in src.glob(pattern):
             if path.is_file():
                 shutil.copy2(path, dst / path.name)
@@ -326,10 +327,7 @@ def sync_records(runs: str | Path, records: str | Path, profile: Profile, data_r
     restored = [j for j in jobs if j.out in recorded and not done(runs, j)
                 and (j.kind in WEIGHTLESS or downstream[j.out] <= recorded)]
     for job in restored:
-        (runs / job.out).mkdir(parents=True, exist_ok=True)
-        for path in (records / job.out).iterdir():
-            if path.is_file():
-                shutil.copy2(path, runs / job.out / path.name)
+        record(records, runs, job, ("*",))
     return restored
 
 
