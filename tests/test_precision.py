@@ -144,7 +144,7 @@ def test_public_ops_fallback_gives_the_same_outputs(monkeypatch, genotype, dtype
     with torch.no_grad():
         expected = net(x)
     private = fast(x)
-    if kernels.PRIVATE == kernels.PrivateOps(True, True, True):
+    if kernels.PRIVATE.nnpack and kernels.PRIVATE.post_ops_for(torch.empty(0, dtype=dtype)):
         assert private_calls(lambda: fast(x))  # the test must see the fast path run to check the fallback against it
     monkeypatch.setattr(kernels, "PRIVATE", kernels.PrivateOps())
     public = fast(x)
@@ -158,6 +158,7 @@ def test_private_ops_are_probed_once_against_conv2d_in_the_tested_torch_range():
     lo, hi = kernels.TESTED_TORCH
     if lo <= tuple(int(v) for v in torch.__version__.split(".")[:2]) < hi and torch.backends.mkldnn.is_available():
         assert kernels.PRIVATE.onednn and kernels.PRIVATE.post_ops  # CI's torch: the fast paths are in use
+        assert kernels.PRIVATE.bf16 or not cpu_has_bf16()  # oneDNN refuses bf16 only on CPUs without bf16 support
 
     def public(x, w, b, pad, dil, groups):
         return nn.functional.leaky_relu(nn.functional.conv2d(x, w, b, padding=pad, dilation=dil, groups=groups), 0.2)
@@ -166,6 +167,16 @@ def test_private_ops_are_probed_once_against_conv2d_in_the_tested_torch_range():
     assert not kernels._agrees(lambda x, w, b, pad, dil, groups: public(x, w, b, pad, dil, groups) * 1.01)  # wrong result
     assert not kernels._agrees(lambda x, w, b, pad, dil, groups: public(x, w, b, pad, dil, groups).float())  # wrong dtype
     assert not kernels._agrees(lambda *args: torch.ops.aten.no_such_convolution(*args))  # missing op
+
+
+def test_bf16_inputs_take_the_public_paths_where_onednn_refused_bf16(monkeypatch):
+    """A CPU without AVX-512 or AVX-NE-CONVERT: oneDNN's bf16 convolution raises, its float32 one is fine."""
+    g = torch.Generator().manual_seed(4)
+    w, b = (torch.randn(8, 8, 3, 3, generator=g) / 24).double(), torch.randn(8, generator=g).double()
+    conv = kernels.FusedConv((w, b), act=0.2).to(torch.bfloat16, memory_format=torch.channels_last)
+    x = torch.randn(1, 8, 9, 9, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(kernels, "PRIVATE", kernels.PrivateOps(onednn=True, post_ops=True, bf16=False))
+    assert not private_calls(lambda: conv(x)) and private_calls(lambda: conv.float()(x.float()))
 
 
 def test_tested_torch_range_is_the_one_pyproject_allows():

@@ -112,7 +112,7 @@ class FusedConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not cpu_kernels(x):
             y = F.conv2d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation, groups=self.groups)
-        elif self.is_pointwise and PRIVATE.onednn and (_pixels_by_channels(x) if self.memory_format == torch.channels_last
+        elif self.is_pointwise and PRIVATE.onednn_for(x) and (_pixels_by_channels(x) if self.memory_format == torch.channels_last
                                                  else x.is_contiguous()):
             # oneDNN's 1x1 kernel adds the bias and the activation as it writes (a matrix product: two more passes),
             # and in NCHW it beats MKL's product at these widths (80->40 channels: 21 ms against 53 ms)
@@ -125,7 +125,7 @@ class FusedConv(nn.Module):
             y = torch._nnpack_spatial_convolution(x, self.weight.contiguous(), self.bias, [self.padding] * 2)
         elif self.dense3x3 and x.is_contiguous() and x.dtype == torch.float32:
             y = F.conv2d(x, self.weight.contiguous(), self.bias, padding=self.padding)  # NCHW, for a Winograd one next
-        elif PRIVATE.onednn:
+        elif PRIVATE.onednn_for(x):
             return self._run_onednn(x.contiguous(memory_format=torch.channels_last), self.bias, self.act)
         else:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -135,7 +135,7 @@ class FusedConv(nn.Module):
     def _run_onednn(self, x: torch.Tensor, bias: torch.Tensor | None, act: float | None) -> torch.Tensor:
         """oneDNN on a channels_last input, the activation applied as the output is written where this build can."""
         pad, dil = [self.padding] * 2, [self.dilation] * 2
-        if PRIVATE.post_ops:
+        if PRIVATE.post_ops_for(x):
             attr, scalars = ("none", []) if act is None else ("leaky_relu", [act])
             return torch.ops.mkldnn._convolution_pointwise(x, self.weight, bias, pad, [1, 1], dil, self.groups, attr, scalars,
                                                            None)
@@ -145,7 +145,7 @@ class FusedConv(nn.Module):
     def plus(self, x: torch.Tensor, other: torch.Tensor, act: float | None) -> torch.Tensor:
         """LeakyReLU(this convolution of ``x`` + ``other``) with slope ``act`` (None: no activation), written into
         ``other``. On the CPU oneDNN adds as it writes: one pass over the output fewer."""
-        if cpu_kernels(x) and PRIVATE.post_ops and _pixels_by_channels(x) and _pixels_by_channels(other):
+        if cpu_kernels(x) and PRIVATE.post_ops_for(x) and _pixels_by_channels(x) and _pixels_by_channels(other):
             # written into ``other`` (no second feature alive); the sum's only activation post-op is ReLU
             y = self._add_onednn(x, other, self.bias, relu=act == 0)
             return y if act is None or act == 0 else F.leaky_relu_(y, act)
@@ -160,7 +160,7 @@ class FusedConv(nn.Module):
 
     def writes_fused(self, x: torch.Tensor) -> bool:
         """This 1x1 convolution of ``x`` runs on oneDNN, which can add to an existing tensor as it writes."""
-        return self.is_pointwise and cpu_kernels(x) and PRIVATE.post_ops and _pixels_by_channels(x)
+        return self.is_pointwise and cpu_kernels(x) and PRIVATE.post_ops_for(x) and _pixels_by_channels(x)
 
     def with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """This convolution of ``x`` with ``bias`` instead of its own, on oneDNN (where :meth:`writes_fused`)."""
@@ -174,7 +174,7 @@ class FusedConv(nn.Module):
         ``out`` is a whole channels_last tensor, oneDNN adds to it as it writes (1.3 ms)."""
         if accumulate and self.writes_fused(x) and out.is_contiguous(memory_format=torch.channels_last):
             self._add_onednn(x, out, bias)
-        elif cpu_kernels(x) and cpu_kernels(out) and PRIVATE.onednn and _pixels_by_channels(x):
+        elif cpu_kernels(x) and cpu_kernels(out) and PRIVATE.onednn_for(x) and _pixels_by_channels(x):
             y = self._run_onednn(x, bias, None)
             out.add_(y) if accumulate else out.copy_(y)
         elif cpu_kernels(x) and cpu_kernels(out):
@@ -204,24 +204,41 @@ class PrivateOps:
     post_ops: bool = False
     """``mkldnn._convolution_pointwise`` and its in-place sum: oneDNN with the activation or sum applied as it writes
     (the ops torch.compile's CPU back-end emits)."""
+    bf16: bool = False
+    """The oneDNN ops agreed in bf16 too; where not (oneDNN refuses bf16 on a CPU without AVX-512 or AVX-NE-CONVERT),
+    bf16 inputs take the public paths and float32 ones keep the fast ones."""
+
+    def onednn_for(self, x: torch.Tensor) -> bool:
+        return self.onednn and (x.dtype != torch.bfloat16 or self.bf16)
+
+    def post_ops_for(self, x: torch.Tensor) -> bool:
+        return self.post_ops and (x.dtype != torch.bfloat16 or self.bf16)
 
 
 def probe_private_ops(version: str = torch.__version__) -> PrivateOps:
-    """Each private op this module uses, tried once on tiny tensors against ``F.conv2d`` (float32 and bf16, dense
-    and depthwise-dilated) under a torch version in :data:`TESTED_TORCH`; an op that is missing, fails or
-    disagrees is left off."""
+    """Each private op this module uses, tried once on tiny tensors against ``F.conv2d`` (float32, and the oneDNN ones
+    in bf16 too; dense and depthwise-dilated) under a torch version in :data:`TESTED_TORCH`; an op that is missing,
+    fails or disagrees is left off."""
     m = re.match(r"(\d+)\.(\d+)", version)
     if m is None or not TESTED_TORCH[0] <= (int(m[1]), int(m[2])) < TESTED_TORCH[1]:
         return PrivateOps()
-    onednn = torch.backends.mkldnn.is_available() and _agrees(
-        lambda x, w, b, pad, dil, groups: F.leaky_relu(torch.ops.aten.mkldnn_convolution(x, w, b, pad, [1, 1], dil, groups), 0.2))
-    post_ops = onednn and _agrees(
-        lambda x, w, b, pad, dil, groups: torch.ops.mkldnn._convolution_pointwise(
-            x, w, b, pad, [1, 1], dil, groups, "leaky_relu", [0.2], None)) and _sum_agrees()
+    onednn, post_ops = _onednn_agrees(torch.float32)
     nnpack = torch._nnpack_available() and _agrees(  # _nnpack_available also initialises NNPACK, which the op needs
         lambda x, w, b, pad, dil, groups: F.leaky_relu(torch._nnpack_spatial_convolution(x.contiguous(), w, b, pad), 0.2),
         dtypes=(torch.float32,), depthwise=False)
-    return PrivateOps(nnpack=nnpack, onednn=onednn, post_ops=post_ops)
+    return PrivateOps(nnpack=nnpack, onednn=onednn, post_ops=post_ops,
+                      bf16=onednn and _onednn_agrees(torch.bfloat16) == (onednn, post_ops))
+
+
+def _onednn_agrees(dtype: torch.dtype) -> tuple[bool, bool]:
+    """Whether oneDNN's convolution, and its forms with an activation or sum applied as it writes, agree in ``dtype``."""
+    onednn = torch.backends.mkldnn.is_available() and _agrees(
+        lambda x, w, b, pad, dil, groups: F.leaky_relu(torch.ops.aten.mkldnn_convolution(x, w, b, pad, [1, 1], dil, groups), 0.2),
+        (dtype,))
+    post_ops = onednn and _agrees(
+        lambda x, w, b, pad, dil, groups: torch.ops.mkldnn._convolution_pointwise(
+            x, w, b, pad, [1, 1], dil, groups, "leaky_relu", [0.2], None), (dtype,)) and _sum_agrees(dtype)
+    return onednn, post_ops
 
 
 def _agrees(op, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16), depthwise: bool = True) -> bool:
@@ -243,22 +260,19 @@ def _agrees(op, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16
     return True
 
 
-def _sum_agrees() -> bool:
+def _sum_agrees(dtype: torch.dtype) -> bool:
     """oneDNN's in-place sum: ``other`` += the convolution, then ReLU, written into ``other`` and returned."""
     g = torch.Generator().manual_seed(1)
-    for dtype in (torch.float32, torch.bfloat16):
-        x = torch.randn(2, 8, 7, 6, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
-        w, b = (torch.randn(5, 8, 1, 1, generator=g) / 4).to(dtype), torch.randn(5, generator=g).to(dtype)
-        other = torch.randn(2, 5, 7, 6, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
-        expected = F.relu(other.float() + F.conv2d(x.float(), w.float(), b.float()))
-        try:
-            y = torch.ops.mkldnn._convolution_pointwise_.binary(other, x, w, b, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu",
-                                                                [], None)
-        except (RuntimeError, AttributeError, TypeError, NotImplementedError):
-            return False
-        if y.data_ptr() != other.data_ptr() or not torch.allclose(other.float(), expected, **_close(dtype)):
-            return False
-    return True
+    x = torch.randn(2, 8, 7, 6, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    w, b = (torch.randn(5, 8, 1, 1, generator=g) / 4).to(dtype), torch.randn(5, generator=g).to(dtype)
+    other = torch.randn(2, 5, 7, 6, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    expected = F.relu(other.float() + F.conv2d(x.float(), w.float(), b.float()))
+    try:
+        y = torch.ops.mkldnn._convolution_pointwise_.binary(other, x, w, b, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu",
+                                                            [], None)
+    except (RuntimeError, AttributeError, TypeError, NotImplementedError):
+        return False
+    return y.data_ptr() == other.data_ptr() and torch.allclose(other.float(), expected, **_close(dtype))
 
 
 def _close(dtype: torch.dtype) -> dict[str, float]:
@@ -338,7 +352,8 @@ def shifted_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dila
     o, c, k, _ = weight.shape
     n, _, h, w = x.shape
     taps = weight.permute(2, 3, 0, 1).reshape(k * k * o, c)
-    if PRIVATE.onednn and _pixels_by_channels(x):  # oneDNN's 1x1 and a copy: 14 ms, a matrix product to NCHW 20 ms (128->9)
+    # oneDNN's 1x1 and a copy: 14 ms, a matrix product to NCHW 20 ms (128->9)
+    if PRIVATE.onednn_for(x) and _pixels_by_channels(x):
         planes = torch.ops.aten.mkldnn_convolution(x, taps[:, :, None, None].contiguous(), None, [0, 0], [1, 1], [1, 1],
                                                    1).contiguous()
     else:
