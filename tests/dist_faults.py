@@ -1,6 +1,7 @@
 """``python tests/dist_faults.py ARGS`` = ``python -m hinas ARGS`` with one fault injected on one rank, for torchrun tests.
 
-``HINAS_TEST_FAULT=nan:RANK:CALL`` makes the CALL-th loss (1-based, counted in this process) on rank RANK NaN;
+``HINAS_TEST_FAULT=nan:RANK:CALL[:TIMES]`` makes the CALL-th loss (1-based, counted in this process) on rank RANK NaN,
+and the TIMES - 1 after it (2: the step and its recomputation, a fault that persists);
 ``HINAS_TEST_FAULT=signal:RANK:STEP`` sends SIGTERM to rank RANK alone right after its STEP-th training step.
 The faults are patched in here, from outside, so the package carries no test hooks.
 """
@@ -13,7 +14,7 @@ from hinas.cli import main
 from hinas.engine import loop
 
 
-def _inject(kind: str, rank: int, count: int) -> None:
+def _inject(kind: str, rank: int, count: int, times: int = 1) -> None:
     if int(os.environ.get("RANK", "0")) != rank:
         return
     calls = 0
@@ -24,7 +25,7 @@ def _inject(kind: str, rank: int, count: int) -> None:
             nonlocal calls
             calls += 1
             value = original(self, *args, **kwargs)
-            return value * float("nan") if calls == count else value
+            return value * float("nan") if count <= calls < count + times else value
 
         loop.Job.loss = loss
     else:
@@ -47,6 +48,6 @@ def _inject(kind: str, rank: int, count: int) -> None:
 
 
 if __name__ == "__main__":
-    kind, rank, count = os.environ["HINAS_TEST_FAULT"].split(":")
-    _inject(kind, int(rank), int(count))
+    kind, rank, *counts = os.environ["HINAS_TEST_FAULT"].split(":")
+    _inject(kind, int(rank), *map(int, counts))
     sys.exit(main(sys.argv[1:]))

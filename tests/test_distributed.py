@@ -207,7 +207,7 @@ def test_a_nonfinite_step_on_one_rank_right_after_resume_rolls_every_rank_back(t
     run = tmp_path / "search"
     stopped = torchrun_fault("signal:0:3", *SEARCH_4, "--out", str(run), scratch=scratch)
     assert stopped.returncode != 0
-    resumed = torchrun_fault("nan:1:1", "search", "--resume", str(run), "--quiet", scratch=scratch)
+    resumed = torchrun_fault("nan:1:1:2", "search", "--resume", str(run), "--quiet", scratch=scratch)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     events = _log(run)
     rollbacks = [e for e in events if e["event"] == "rollback"]
@@ -228,6 +228,6 @@ def test_the_nonfinite_decision_is_taken_by_every_rank(group_of_one):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     other_rank_bad = lambda mine: True  # noqa: E731
     with pytest.raises(NonFiniteError):
-        checked_step((w * 2).sum(), opt, scaler, [w], "step", any_rank=other_rank_bad)
+        checked_step(lambda: (w * 2).sum(), opt, scaler, [w], "step", any_rank=other_rank_bad)
     assert torch.equal(w.detach(), torch.ones(3)), "a step was applied although another rank found it non-finite"
     assert Context().any_rank(True) and not Context().any_rank(False)

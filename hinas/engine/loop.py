@@ -15,7 +15,7 @@ end, every ``checkpoint_every`` steps, when the job asks and when a signal arriv
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -26,6 +26,7 @@ from tqdm import tqdm  # plain text: it shows in terminals, notebooks and export
 
 from hinas.engine import distributed
 from hinas.engine.checkpoint import Checkpointer, Progress, StopSignals, load_state, resume_state
+from hinas.engine.guard import checked_step
 from hinas.engine.losses import restoration_loss
 from hinas.engine.rundir import CHECKPOINT, RunDir, check_run_dir, seed_everything
 from hinas.engine.settings import RunConfig
@@ -138,6 +139,27 @@ class Job(ABC, Generic[P, R]):
         cfg = self.cfg
         with exact_float32():
             return restoration_loss(pred.float(), y, cfg.pixel_loss, cfg.ssim_weight, scale, batch_mean=self.ctx.batch_mean)
+
+    def guarded_step(self, compute: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
+                     params: Sequence[nn.Parameter], what: str, clip: float = 0.0) -> float:
+        """One optimiser step on the loss ``compute`` returns, through :func:`checked_step` with this run's ranks and
+        ``step_retries`` (each retry logged); returns the loss. A retry starts from the model's buffers as they were
+        before the step (BatchNorm's running statistics would otherwise count the batch twice)."""
+        buffers = list(self.model.buffers()) if self.cfg.step_retries else []
+        before = [b.detach().clone() for b in buffers]
+        attempts = 0
+
+        def attempt() -> torch.Tensor:
+            nonlocal attempts
+            if attempts:
+                for buffer, saved in zip(buffers, before):
+                    buffer.copy_(saved)
+            attempts += 1
+            return compute()
+
+        return checked_step(attempt, optimizer, self.grad_scaler, params, what, clip=clip, sync=self.ctx.sync_grads,
+                            any_rank=self.ctx.any_rank, retries=self.cfg.step_retries,
+                            on_retry=lambda message: self.run.log(event="retried", message=message))
 
     def checkpoint_due(self, state: P) -> bool:
         """``checkpoint_every`` counts the steps done in all; a job may count them otherwise (the search: per epoch)."""

@@ -70,16 +70,22 @@ class RunConfig:
     """Also checkpoint every this many steps (0: only at epoch ends when searching, at validations when retraining).
     SIGINT and SIGTERM checkpoint before stopping; ``--resume RUN_DIR`` continues bit for bit on the CPU, and on CUDA
     with ``deterministic``."""
+    step_retries: int = 1
+    """A step whose loss or gradient is NaN or infinite is computed again on the same batch this many times before
+    it counts as a fault (each logged as ``retried``): oneDNN's bf16 kernels (torch 2.13) on a CPU rarely return a
+    gradient of 1e30 that the same step does not repeat (in SR x2 retraining, once in several hundred steps)."""
     on_nonfinite: Literal["rollback", "stop"] = "rollback"
-    """A NaN or infinite loss or gradient is never applied; then ``rollback`` returns to the last checkpoint with
-    every learning rate times ``rollback_lr_factor``, or ``stop`` ends the run with a report."""
+    """A NaN or infinite loss or gradient is never applied; if it persists through ``step_retries``, ``rollback``
+    returns to the last checkpoint with every learning rate times ``rollback_lr_factor``, or ``stop`` ends the run
+    with a report."""
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
     """A fault after this many rollbacks stops the run."""
 
     def __post_init__(self) -> None:
         _positive(self, "patch")
-        _non_negative(self, "val_crop", "workers", "checkpoint_every", "max_rollbacks", "threads", "grad_clip")
+        _non_negative(self, "val_crop", "workers", "checkpoint_every", "max_rollbacks", "threads", "grad_clip",
+                       "step_retries")
         _fraction(self, "rollback_lr_factor")
 
 

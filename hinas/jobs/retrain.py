@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader
 
 from hinas.data.images import PatchDataset, in_memory, load_images, split_images
 from hinas.engine.checkpoint import Progress, loader_generator
-from hinas.engine.guard import checked_step
 from hinas.engine.loop import Job, fit
 from hinas.engine.losses import retrain_lr, weight_optimizer
 from hinas.engine.settings import TrainConfig
@@ -132,8 +131,8 @@ class RetrainJob(Job[TrainProgress, dict[str, Any]]):
             self._plan(state)
         for group in opt.param_groups:
             group["lr"] = retrain_lr(state.iteration, self.total(state), cfg.lr, cfg.schedule, cfg.lr_power) * state.lr_scale
-        state.losses.append(checked_step(self.loss(*batch), opt, self.grad_scaler, self.params, f"step at {state.position()}",
-                                         clip=cfg.grad_clip, sync=self.ctx.sync_grads, any_rank=self.ctx.any_rank))
+        state.losses.append(self.guarded_step(lambda: self.loss(*batch), opt, self.params, f"step at {state.position()}",
+                                              clip=cfg.grad_clip))
         state.iteration += 1
 
     def budget_clock(self) -> Callable[[], float]:

@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader
 from hinas.data.images import ImageSet, PatchDataset, in_memory, load_images, split_images
 from hinas.engine import distributed
 from hinas.engine.checkpoint import Progress, loader_generator
-from hinas.engine.guard import checked_step
 from hinas.engine.loop import Job, fit
 from hinas.engine.losses import search_lr, weight_optimizer
 from hinas.engine.rundir import RunDir
@@ -150,6 +149,11 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
             return (cfg.latency_weight or 1.0) * torch.relu(expected / cfg.latency_target_ms - 1)
         return cfg.latency_weight * expected.log()
 
+    def arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The architecture step's loss: the restoration loss of an arch batch, plus the latency term if any."""
+        loss, extra = self.loss(x, y, self.cfg.loss_scale), self.latency_loss()
+        return loss if extra is None else loss + extra
+
     def start_record(self) -> dict[str, Any]:
         return {"images": self.split_sizes, "steps_per_epoch": self.per_epoch, "params": count_params(self.model)}
 
@@ -181,13 +185,11 @@ class SearchJob(Job[SearchProgress, "SearchResult"]):
         for opt, base in ((opts["weights"], self._lr(state, state.step)), (opts["arch"], cfg.arch_lr)):
             for group in opt.param_groups:
                 group["lr"] = base * state.lr_scale
-        guard = {"sync": self.ctx.sync_grads, "any_rank": self.ctx.any_rank}
         if state.epoch >= cfg.arch_start:
-            loss, extra = self.loss(xa, ya, cfg.loss_scale), self.latency_loss()
-            state.a_losses.append(checked_step(loss if extra is None else loss + extra, opts["arch"], self.grad_scaler,
-                                               self.arch, f"arch step at {state.position()}", **guard))
-        state.w_losses.append(checked_step(self.loss(xw, yw, cfg.loss_scale), opts["weights"], self.grad_scaler, self.weights,
-                                           f"weight step at {state.position()}", clip=cfg.grad_clip, **guard))
+            state.a_losses.append(self.guarded_step(lambda: self.arch_loss(xa, ya), opts["arch"], self.arch,
+                                                    f"arch step at {state.position()}"))
+        state.w_losses.append(self.guarded_step(lambda: self.loss(xw, yw, cfg.loss_scale), opts["weights"], self.weights,
+                                                f"weight step at {state.position()}", clip=cfg.grad_clip))
         state.step += 1
         self.bar.set_postfix(epoch=state.epoch, loss=f"{state.w_losses[-1]:.4f}", refresh=False)
 
