@@ -208,6 +208,27 @@ def test_a_retrain_whose_evaluation_is_not_recorded_runs_again_but_its_search_is
     assert all(j.out in restored for j in jobs if j.info.get("task") == "sr")  # SR models are not timed: restored
 
 
+def test_a_level_begun_on_another_machine_waits_for_it_with_what_needs_it(tmp_path):
+    profile = results.PROFILES["smoke"]
+    jobs = results.grid(profile)
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    begun = next(j for j in jobs if j.kind == "retrain" and j.info["task"] == "denoise")
+    _finish(records, begun)
+    (records / begun.out / "metrics.json").write_text(json.dumps({"machine": "Other CPU (AVX2)"}))
+    assert results.levels_elsewhere(jobs, [runs, records], here="Other CPU (AVX2)") == {}
+    assert results.levels_elsewhere(jobs, [runs, records], here="This CPU (AVX512)") == {("denoise", 25): "Other CPU (AVX2)"}
+
+    lines = []
+    left = results.run_grid(runs, profile, records=records, deadline=time.time() - 1, log=lines.append)
+    held = [line for line in lines if line.startswith("held")]
+    assert len(held) == 1 and "denoise sigma 25: retrained on Other CPU (AVX2)" in held[0]
+    level = {j.out for j in jobs if j.info.get("task") == "denoise" and j.kind in ("retrain", "evaluate")}
+    assert {j.out for j in left} == {j.out for j in jobs}  # the deadline started nothing
+    assert {j.out for j in left[-len(level) - 1:]} == level | {results.LATENCY_MEASURED}  # held last, with what needs them
+    mixed = results.run_grid(runs, profile, records=records, deadline=time.time() - 1, mix_machines=True, log=lines.append)
+    assert len(mixed) == len(left) and len([line for line in lines if line.startswith("held")]) == 1
+
+
 def _row(model, family, variant, psnr, task="denoise", level=25):
     return {"task": task, "level": level, "model": model, "family": family, "variant": variant, "seed": 0, "params": 1000,
             "Set12/psnr": psnr, "Set12/ssim": 0.8}

@@ -29,6 +29,7 @@ import torch
 
 from hinas.engine.settings import EvalConfig, SearchConfig, TrainConfig, resolve
 from hinas.files import write_json
+from hinas.hardware import machine
 from hinas.nas.complexity import count_flops, count_params
 from hinas.nas.genotype import Genotype, compare, random_genotype
 from hinas.nas.latency import LatencyTable, network_latency, random_of_latency
@@ -444,14 +445,16 @@ def measured_latencies(checkpoints: dict[str, Path], size: int, precision: str, 
 
 
 def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers: int = 2, deadline: float | None = None,
-             records: str | Path | None = None, log: Callable[[str], None] = print) -> list[Job]:
+             records: str | Path | None = None, mix_machines: bool = False, log: Callable[[str], None] = print) -> list[Job]:
     """Run every unfinished job of the grid, ``workers`` processes at a time, each as soon as what it needs is done.
 
     Jobs start in grid order and none starts after ``deadline`` (a ``time.time()``), so a budget cuts the
     last blocks of ``profile.order``; rerunning resumes. A failed job is logged and what needs it skipped.
     With ``records`` (a folder kept in git), every finished job is recorded there as it ends and what ``runs``
     lacks is restored from it first (:func:`sync_records`), so a fresh checkout resumes the grid.
-    Returns the jobs left undone (failed ones first).
+    Unless ``mix_machines``, the retrains of a noise level or scale already retrained on another machine wait for
+    it (:func:`levels_elsewhere`), with what needs them: their CPU-time budgets are equal work only on one machine.
+    Returns the jobs left undone (failed ones first, held ones last).
     """
     runs = Path(runs)
     jobs = grid(profile, data_root)
@@ -465,6 +468,13 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
         log(f"done  {job.out} ({time.time() - start:.0f} s)")
 
     pending = [j for j in jobs if not done(runs, j)]
+    waiting = pending
+    if not mix_machines:
+        for (task, level), ran_on in levels_elsewhere(jobs, [runs] if records is None else [runs, Path(records)]).items():
+            log(f"held  {task} {level_label(task, level)}: retrained on {ran_on}, not on this {machine()}")
+            for job in [j for j in pending if j.kind == "retrain" and (j.info["task"], j.info["level"]) == (task, level)]:
+                pending = _without_dependents(pending, job)
+    held = [j for j in waiting if j not in pending]
     finished = {j.out for j in jobs if done(runs, j)} | {""}
     if workers <= 1:
         while pending and (deadline is None or time.time() < deadline):
@@ -472,7 +482,7 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
             start = time.time()
             run_job(str(runs), job, profile)
             finish(job, start)
-        return pending
+        return pending + held
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     os.environ.update(env)  # inherited by the spawned workers before torch loads there
     running: dict[Future, tuple[Job, float]] = {}
@@ -497,7 +507,24 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
                     continue
                 finished.add(job.out)
                 finish(job, start)
-    return failed + pending
+    return failed + pending + held
+
+
+def levels_elsewhere(jobs: list[Job], folders: list[Path], here: str | None = None) -> dict[tuple[str, int], str]:
+    """The (task, level) blocks of ``jobs`` begun on a machine other than ``here`` (:func:`hinas.hardware.machine` by
+    default), each with that machine: a finished retrain in one of ``folders`` (runs, records) ran there. Why: a
+    retraining budget is CPU time, and a bf16 AVX-512 CPU takes 2-4x the steps of an AVX2 one in it, so networks of
+    one level retrained on two machines would differ by the machine, not the architecture; a grid resumed on whichever
+    machine a session gets compares like with like when each level is finished where it began."""
+    here = here or machine()
+    begun: dict[tuple[str, int], str] = {}
+    for job in jobs:
+        for folder in folders if job.kind == "retrain" else ():
+            if done(folder, job):
+                ran_on = json.loads((folder / job.out / "metrics.json").read_text()).get("machine")
+                if ran_on and ran_on != here:
+                    begun.setdefault((job.info["task"], job.info["level"]), ran_on)
+    return begun
 
 
 def fresh_process_pool(workers: int) -> ProcessPoolExecutor:
@@ -831,7 +858,8 @@ def main(argv: list[str] | None = None) -> int:
         hour, minute = map(int, args.stop_at.split(":"))
         deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
     left = run_grid(args.runs, profile, data_root=args.data_root, workers=args.workers, deadline=deadline,
-                    records=args.records, log=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
+                    records=args.records, mix_machines=args.mix_machines,
+                    log=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
     print(f"{len(left)} jobs left undone" + (f": {', '.join(j.out for j in left)}" if left else ""))
     if args.metrics:
         rows = collect(args.runs, profile, args.data_root)
@@ -854,6 +882,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and from which a fresh checkout resumes, e.g. results/equal-time/records")
     parser.add_argument("--targets", type=_targets, help="latency targets instead of the profile's, as MS:RANDOMS,... "
                         "(e.g. 185:5: a search at 185 ms and 5 random architectures of its network's latency)")
+    parser.add_argument("--mix-machines", action="store_true", help="retrain a noise level or scale here even where "
+                        "earlier retrains of it ran on another machine (by default they wait for that machine)")
     parser.add_argument("--metrics", help="write the latency targets' verdicts (latency_verdict) to this JSON file")
     return parser
 
