@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,11 +57,45 @@ def auto_threads() -> int:
     must share its core with other work stalls all of them. On the 2-core test machine
     with other jobs running, a 5-step cpu-demo search took 99 s at torch's default of
     2 threads and 19 s at 1 thread; on an idle machine 2 threads gain far less than
-    that. The 1-minute load average counts the busy cores.
+    that. :func:`busy_cores` counts the busy cores.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    idle = cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else cores
-    return max(1, min(torch.get_num_threads(), round(idle)))
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return max(1, min(torch.get_num_threads(), round(len(cpus) - busy_cores(cpus))))
+
+
+def busy_cores(cpus: list[int], window: float = 0.3) -> float:
+    """How many of ``cpus`` other work keeps busy, measured over the next ``window`` seconds (Linux ``/proc/stat``),
+    else the 1-minute load average. Why not the load average alone: it lags by about a minute, so a run started right
+    after a heavy one (``scripts/setup.sh && hinas demo``, or after the test suite) saw busy cores on an idle machine
+    and took 1 thread: the demo then ran 17.4 minutes on a 2-core AVX2 EPYC, its CPU time equal to its wall time."""
+    stat = Path("/proc/stat")
+    try:
+        before = stat.read_text()
+        time.sleep(window)
+        return busy_between(before, stat.read_text(), cpus)
+    except (OSError, ValueError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def busy_between(before: str, after: str, cpus: list[int]) -> float:
+    """Busy cores among ``cpus`` between two readings of ``/proc/stat``: the sum over them of the share of their time
+    spent neither idle nor waiting on I/O (time the hypervisor gave elsewhere, steal, counts as busy)."""
+    def times(text: str) -> dict[int, tuple[int, int]]:
+        out = {}
+        for line in text.splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal (guest is in user)
+                out[int(name[3:])] = (sum(ticks), ticks[3] + ticks[4])
+        return out
+
+    first, second = times(before), times(after)
+    busy = 0.0
+    for cpu in cpus:
+        total = second[cpu][0] - first[cpu][0]
+        if total > 0:
+            busy += 1 - (second[cpu][1] - first[cpu][1]) / total
+    return busy
 
 
 def set_threads(threads: int = 0) -> int:

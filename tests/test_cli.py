@@ -1,6 +1,10 @@
 """The command line explains itself: version, plain help with working examples, resolved settings, honest output."""
 
+import os
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,7 @@ from hinas import __version__
 from hinas.cli import COMMANDS, EXAMPLES, build_parser, main, settings
 from hinas.engine.settings import PRESETS, EvalConfig, SearchConfig, load_section, resolve
 from hinas.errors import ConfigError
-from hinas.hardware import auto_threads, set_threads
+from hinas.hardware import auto_threads, busy_between, busy_cores, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,6 +122,27 @@ def test_threads_auto_never_raises_the_setting_and_explicit_counts_apply():
             set_threads(-1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_cores_counts_each_cores_share_of_non_idle_time_between_two_readings():
+    before = "cpu  300 0 0 300 0 0 0 0 0 0\ncpu0 100 0 0 100 0 0 0 0 0 0\ncpu1 200 0 0 200 0 0 0 0 0 0\nintr 5\n"
+    # cpu0: 100 ticks, all user; cpu1: 100 ticks, 25 system, 50 idle, 25 waiting on I/O (idle too)
+    after = "cpu  500 0 0 400 0 0 0 0 0 0\ncpu0 200 0 0 100 0 0 0 0 0 0\ncpu1 200 0 25 250 25 0 0 0 0 0\nintr 9\n"
+    assert busy_between(before, after, [0, 1]) == pytest.approx(1.25)
+    assert busy_between(before, after, [1]) == pytest.approx(0.25)  # only the cores this process may use
+    steal = "cpu0 100 0 0 100 0 0 0 60 0 0\n"  # 60 of 100 ticks given to other guests: not available here
+    assert busy_between("cpu0 100 0 0 60 0 0 0 0 0 0\n", steal, [0]) == pytest.approx(0.6)
+
+
+def test_a_core_kept_busy_by_another_process_is_not_counted_idle():
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    spin = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    try:
+        time.sleep(0.5)
+        assert busy_cores([cpu]) > 0.8
+    finally:
+        spin.kill()
+        spin.wait()
 
 
 def test_threads_is_a_validated_setting(capsys):

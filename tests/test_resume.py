@@ -215,7 +215,7 @@ def test_resume_refuses_other_settings_or_code_unless_forced(interrupted, capsys
 def test_a_run_resumes_on_another_machine_that_computes_alike_but_not_in_another_precision(interrupted, capsys,
                                                                                              monkeypatch):
     first = read_checkpoint(interrupted / CHECKPOINT, "search")["facts"]
-    assert first["machine"] == hinas.engine.loop.machine(torch.device("cpu"))
+    assert first["machine"] == hinas.engine.loop.machine(torch.device("cpu")) and first["threads"] >= 1
     monkeypatch.setattr(hinas.engine.loop, "precision_name", lambda dtype: "bf16")
     assert main(["search", "--resume", str(interrupted), "--quiet"]) == 2
     err = capsys.readouterr().err

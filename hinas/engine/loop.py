@@ -183,7 +183,7 @@ class Start:
         """How the run computes and on what, as its metrics and checkpoints record it."""
         layout = "channels_last" if self.layout == torch.channels_last else "nchw"
         return {"device": self.ctx.device.type, "precision": precision_name(self.amp), "layout": layout,
-                "compiled": self.compiled, "machine": machine(self.ctx.device)}
+                "compiled": self.compiled, "machine": machine(self.ctx.device), "threads": torch.get_num_threads()}
 
 
 def start_run(out: Path, kind: str, cfg: RunConfig, *, overwrite: bool, resume: bool, force: bool, progress: bool) -> Start:
@@ -201,7 +201,7 @@ def start_run(out: Path, kind: str, cfg: RunConfig, *, overwrite: bool, resume: 
                   cfg.compile)
     then = (saved or {}).get("facts")
     changed = ", ".join(f"{k} {then.get(k)} -> {v}" for k, v in start.facts().items()
-                        if then and k != "machine" and then.get(k) != v)  # another machine computing alike may resume
+                        if then and k not in ("machine", "threads") and then.get(k) != v)  # others computing alike may resume
     if changed and not force:
         raise CheckpointError(f"{out} was computed with {then} and would resume with {changed}; resume on a machine that "
                               "resolves the same (set device and amp explicitly), or pass --force")

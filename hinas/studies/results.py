@@ -471,8 +471,11 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
     waiting = pending
     if not mix_machines:
         for (task, level), ran_on in levels_elsewhere(jobs, [runs] if records is None else [runs, Path(records)]).items():
-            log(f"held  {task} {level_label(task, level)}: retrained on {ran_on}, not on this {machine()}")
-            for job in [j for j in pending if j.kind == "retrain" and (j.info["task"], j.info["level"]) == (task, level)]:
+            waits = [j for j in pending if j.kind == "retrain" and (j.info["task"], j.info["level"]) == (task, level)]
+            if waits:
+                log(f"held  {task} {level_label(task, level)} ({len(waits)} retrains): begun on {ran_on}, "
+                    f"not on this {machine()}")
+            for job in waits:
                 pending = _without_dependents(pending, job)
     held = [j for j in waiting if j not in pending]
     finished = {j.out for j in jobs if done(runs, j)} | {""}
