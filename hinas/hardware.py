@@ -59,6 +59,8 @@ def auto_threads() -> int:
     2 threads and 19 s at 1 thread; on an idle machine 2 threads gain far less than
     that. :func:`busy_cores` counts the busy cores.
     """
+    if torch.get_num_threads() == 1:  # nothing to choose: spare the measurement (grid workers, OMP_NUM_THREADS=1)
+        return 1
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     return max(1, min(torch.get_num_threads(), round(len(cpus) - busy_cores(cpus))))
 

@@ -468,16 +468,16 @@ def run_grid(runs: str | Path, profile: Profile, *, data_root: str = "", workers
         log(f"done  {job.out} ({time.time() - start:.0f} s)")
 
     pending = [j for j in jobs if not done(runs, j)]
-    waiting = pending
+    waits: list[Job] = []
     if not mix_machines:
         for (task, level), ran_on in levels_elsewhere(jobs, [runs] if records is None else [runs, Path(records)]).items():
-            waits = [j for j in pending if j.kind == "retrain" and (j.info["task"], j.info["level"]) == (task, level)]
-            if waits:
-                log(f"held  {task} {level_label(task, level)} ({len(waits)} retrains): begun on {ran_on}, "
+            level_waits = [j for j in pending if j.kind == "retrain" and (j.info["task"], j.info["level"]) == (task, level)]
+            if level_waits:
+                log(f"held  {task} {level_label(task, level)} ({len(level_waits)} retrains): begun on {ran_on}, "
                     f"not on this {machine()}")
-            for job in waits:
-                pending = _without_dependents(pending, job)
-    held = [j for j in waiting if j not in pending]
+            waits += level_waits
+    kept = _without_dependents(pending, *waits)
+    held, pending = [j for j in pending if j not in kept], kept
     finished = {j.out for j in jobs if done(runs, j)} | {""}
     if workers <= 1:
         while pending and (deadline is None or time.time() < deadline):
@@ -521,8 +521,8 @@ def levels_elsewhere(jobs: list[Job], folders: list[Path], here: str | None = No
     machine a session gets compares like with like when each level is finished where it began."""
     here = here or machine()
     begun: dict[tuple[str, int], str] = {}
-    for job in jobs:
-        for folder in folders if job.kind == "retrain" else ():
+    for job in (j for j in jobs if j.kind == "retrain"):
+        for folder in folders:
             if done(folder, job):
                 ran_on = json.loads((folder / job.out / "metrics.json").read_text()).get("machine")
                 if ran_on and ran_on != here:
@@ -550,8 +550,8 @@ def startable(ready: list[Job], running: list[Job], workers: int) -> list[Job]:
     return chosen
 
 
-def _without_dependents(pending: list[Job], job: Job) -> list[Job]:
-    gone = {job.out}
+def _without_dependents(pending: list[Job], *dropped: Job) -> list[Job]:
+    gone = {job.out for job in dropped}
     for j in pending:  # grid order: a job comes after what it needs
         if gone.intersection(j.needs):
             gone.add(j.out)
