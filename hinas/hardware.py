@@ -81,7 +81,8 @@ def busy_cores(cpus: list[int], window: float = 0.3) -> float:
 
 def busy_between(before: str, after: str, cpus: list[int]) -> float:
     """Busy cores among ``cpus`` between two readings of ``/proc/stat``: the sum over them of the share of their time
-    spent neither idle nor waiting on I/O (time the hypervisor gave elsewhere, steal, counts as busy)."""
+    spent neither idle nor waiting on I/O (time the hypervisor gave elsewhere, steal, counts as busy). A core that
+    either reading lacks (taken offline, or hidden by a container's view of ``/proc``) counts as idle."""
     def times(text: str) -> dict[int, tuple[int, int]]:
         out = {}
         for line in text.splitlines():
@@ -93,7 +94,7 @@ def busy_between(before: str, after: str, cpus: list[int]) -> float:
 
     first, second = times(before), times(after)
     busy = 0.0
-    for cpu in cpus:
+    for cpu in set(cpus) & first.keys() & second.keys():
         total = second[cpu][0] - first[cpu][0]
         if total > 0:
             busy += 1 - (second[cpu][1] - first[cpu][1]) / total

@@ -130,6 +130,7 @@ def test_busy_cores_counts_each_cores_share_of_non_idle_time_between_two_reading
     after = "cpu  500 0 0 400 0 0 0 0 0 0\ncpu0 200 0 0 100 0 0 0 0 0 0\ncpu1 200 0 25 250 25 0 0 0 0 0\nintr 9\n"
     assert busy_between(before, after, [0, 1]) == pytest.approx(1.25)
     assert busy_between(before, after, [1]) == pytest.approx(0.25)  # only the cores this process may use
+    assert busy_between(before, after, [1, 7]) == pytest.approx(0.25)  # a core /proc/stat does not list: idle
     steal = "cpu0 100 0 0 100 0 0 0 60 0 0\n"  # 60 of 100 ticks given to other guests: not available here
     assert busy_between("cpu0 100 0 0 60 0 0 0 0 0 0\n", steal, [0]) == pytest.approx(0.6)
 
