@@ -234,7 +234,7 @@ def _row(model, family, variant, psnr, task="denoise", level=25):
             "Set12/psnr": psnr, "Set12/ssim": 0.8}
 
 
-def test_the_report_names_each_machine_and_warns_where_a_level_was_retrained_on_two():
+def test_the_report_names_each_levels_machine_and_warns_where_a_level_was_retrained_on_two():
     rows = [_row("hinas-lwas-s0", "hinas", "lwas", 30.0), _row("random-0", "random", "random", 29.0),
             _row("random-0", "random", "random", 33.0, task="sr", level=2), _row("bicubic", "bicubic", "bicubic", 31.0, "sr", 2)]
     for r, name in zip(rows, ("EPYC (AVX512, bf16 units)", "EPYC (AVX2)", "EPYC (AVX2)", None)):
@@ -242,8 +242,9 @@ def test_the_report_names_each_machine_and_warns_where_a_level_was_retrained_on_
     searches = [{"machine": "EPYC (AVX2)"}, {}]
     assert report.machines(rows, searches) == ("EPYC (AVX2) (1 searches, 2 retrains); machine not recorded (1 searches); "
                                                 "EPYC (AVX512, bf16 units) (1 retrains)")
-    [warning] = report.mixed_machines(rows)
-    assert warning.startswith("- **Mixed machines at denoising sigma 25**: retrained on EPYC (AVX2) and EPYC (AVX512")
+    warning, one = report.level_machines(rows)
+    assert warning.startswith("  - **Mixed machines at denoising sigma 25**: retrained on EPYC (AVX2) and EPYC (AVX512")
+    assert one == "  - SR x2: retrained on EPYC (AVX2)"
 
 
 def test_summary_and_search_versus_random():

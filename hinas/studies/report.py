@@ -136,16 +136,23 @@ def machines(rows: list[dict[str, Any]], searches: list[dict[str, Any]]) -> str:
     return "; ".join(f"{name} ({', '.join(f'{n} {kind}' for kind, n in kinds.items())})" for name, kinds in count.items())
 
 
-def mixed_machines(rows: list[dict[str, Any]]) -> list[str]:
-    """A warning for every task and level whose models were retrained on more than one machine: there the same CPU time
-    bought different amounts of training, so its comparison is confounded with the machine."""
+def level_machines(rows: list[dict[str, Any]]) -> list[str]:
+    """A line per task and level naming the machine its models were retrained on, a warning where there were several:
+    the same CPU time bought different amounts of training there, so that comparison is confounded with the machine.
+    Levels on different machines are each fair within themselves, but their absolute figures are not comparable."""
     levels: dict[tuple[str, int], set[str]] = {}
     for r in rows:
         if r["family"] != "bicubic":
             levels.setdefault((r["task"], r["level"]), set()).add(r.get("machine") or "machine not recorded")
-    return [f"- **Mixed machines at {'denoising' if task == 'denoise' else 'SR'} {level_label(task, level)}**: retrained "
-            f"on {' and '.join(sorted(names))}; equal CPU time is not equal training there, so read its comparison with care."
-            for (task, level), names in levels.items() if len(names) > 1]
+    lines = []
+    for (task, level), names in levels.items():
+        where = f"{'denoising' if task == 'denoise' else 'SR'} {level_label(task, level)}"
+        if len(names) == 1:
+            lines.append(f"  - {where}: retrained on {next(iter(names))}")
+        else:
+            lines.append(f"  - **Mixed machines at {where}**: retrained on {' and '.join(sorted(names))}; equal CPU time "
+                         "is not equal training there, so read its comparison with care.")
+    return lines
 
 
 def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, Any]], *, data_root: str = "",
@@ -163,7 +170,8 @@ def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, A
         "## Hardware, budget and wall time\n",
         f"- **Hardware**: {machines(rows, searches)}; {profile.hardware}; PyTorch {torch.__version__}, Python "
         f"{platform.python_version()}.",
-        *mixed_machines(rows),
+        "- **Where each level was retrained** (every model of a level on one machine makes its comparison fair):",
+        *level_machines(rows),
         f"- **Budget** (every model of a task and level gets the same retraining CPU time, whatever its speed): "
         f"{budget(profile)}.",
         f"- **Data**: denoising searches on {profile.denoise_search_data}, retraining on {profile.denoise_data}, tests on "
