@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -352,3 +353,26 @@ def test_a_dncnn_checkpoint_with_a_bad_shape_is_refused(tmp_path):
     torch.save({"format": "hinas.dncnn", "in_channels": 1, "depth": "17; import os", "channels": 64, "state_dict": {}}, bad)
     with pytest.raises(GenotypeError, match="DnCNN checkpoint"):
         load_model(bad)
+
+
+def test_the_report_lists_networks_that_made_a_test_image_worse_than_its_input(tmp_path):
+    from hinas.studies.report import worse_than_input
+
+    profile = results.PROFILES["smoke"]
+    evaluations = [j for j in results.grid(profile) if j.kind == "evaluate"]
+    header = "set,sigma,scale,name,psnr,ssim,input_psnr,input_ssim\n"
+    cases = {evaluations[0]: "Set12,25.0,,01,28.0,0.8,20.1,0.3\nSet12,25.0,,02,17.5,0.5,20.2,0.3\n"
+                             "BSD68,25.0,,test028,19.0,0.5,20.4,0.3\n",
+             evaluations[1]: "Set12,25.0,,01,28.0,0.8,20.1,0.3\n", evaluations[2]: None}
+    for job, per_image in cases.items():
+        d = tmp_path / job.out
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text("{}")
+        (d / "complexity.json").write_text("{}")
+        if per_image is not None:
+            (d / "per_image.csv").write_text(header + per_image)
+    rows, missing = worse_than_input(tmp_path, profile)
+    assert missing == 1  # the evaluation without per-image scores
+    [row] = rows  # the second network made no image worse
+    assert row["model"] == Path(evaluations[0].out).name and (row["worse"], row["images"]) == (2, 3)
+    assert row["worst"] == "Set12/02" and (row["psnr"], row["input_psnr"]) == (17.5, 20.2)

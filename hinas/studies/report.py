@@ -6,6 +6,7 @@ studies appended verbatim (``extra``), so rebuilding after more runs finish upda
 
 from __future__ import annotations
 
+import csv
 import json
 import platform
 from collections.abc import Sequence
@@ -93,6 +94,27 @@ def margins(searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def worse_than_input(runs: str | Path, profile: Profile, data_root: str = "") -> tuple[list[dict[str, Any]], int]:
+    """Every evaluated model that made at least one test image worse than its degraded input (noisy, or bicubic), with
+    how many and its worst; and how many evaluations lack per-image scores (runs from before they were recorded). Why:
+    a mean over a set hides a network that fails on a few images, and one such network widens a group's interval."""
+    rows, missing = [], 0
+    for job in (j for j in grid(profile, data_root) if j.kind == "evaluate" and done(Path(runs), j)):
+        path = Path(runs) / job.out / "per_image.csv"
+        if not path.is_file():
+            missing += 1
+            continue
+        with path.open(newline="") as f:
+            images = list(csv.DictReader(f))
+        worse = [r for r in images if float(r["psnr"]) < float(r["input_psnr"])]
+        if worse:
+            worst = min(worse, key=lambda r: float(r["psnr"]) - float(r["input_psnr"]))
+            rows.append({"task": job.info["task"], "level": job.info["level"], "model": Path(job.out).name,
+                         "worse": len(worse), "images": len(images), "worst": f"{worst['set']}/{worst['name']}",
+                         "psnr": float(worst["psnr"]), "input_psnr": float(worst["input_psnr"])})
+    return rows, missing
+
+
 def _span(runs: Path, outs: Sequence[str]) -> tuple[str, str]:
     """First and last time stamp in the logs of ``outs`` (UTC), or ``-`` when none logged."""
     stamps = []
@@ -155,6 +177,20 @@ def level_machines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _worse_section(runs: str | Path, profile: Profile, data_root: str) -> list[str]:
+    rows, missing = worse_than_input(runs, profile, data_root)
+    lines = ["A network whose output is below its degraded input on some test images has failed there, whatever its "
+             "mean; such failures, not small differences, make the widest intervals above."]
+    if missing:
+        lines.append(f"Per-image scores were not recorded for {missing} evaluations (run before they were), which are "
+                     "not checked here.")
+    lines.append("")
+    lines.append(to_markdown(rows, {"task": "task", "level": "level", "model": "model", "worse": "images worse",
+                                    "images": "of", "worst": "worst image", "psnr": "its PSNR", "input_psnr": "input PSNR"})
+                 if rows else "None of the checked evaluations made any test image worse than its input.\n")
+    return lines
+
+
 def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, Any]], *, data_root: str = "",
            figures: str = "results", extra: Sequence[str | Path] = ()) -> str:
     """The whole RESULTS.md for profile ``name`` from its runs and the rows :func:`~hinas.studies.results.collect` read;
@@ -195,6 +231,8 @@ def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, A
         to_markdown(searches, {"search": "search", "sharing": "sharing", "steps": "steps", "seconds": "wall (s)",
                                "best_epoch": "selected epoch", "val_psnr": "supernet PSNR", "input_psnr": "input PSNR",
                                "margin_db": "margin (dB)", "learnt": "learnt?", "skip_ops": "skip ops", "path": "width path"}),
+        "## Test images a network made worse than its input\n",
+        *_worse_section(runs, profile, data_root),
         "## Every model\n",
         f"![PSNR per model]({figures}/psnr.png)\n",
         markdown_table(rows, profile.latency_size),

@@ -293,7 +293,7 @@ def done(runs: Path, job: Job) -> bool:
     return (d / "metrics.json").is_file() and (job.kind != "evaluate" or (d / "complexity.json").is_file())
 
 
-RECORDED = ("*.json", "config.yaml", "log.jsonl")
+RECORDED = ("*.json", "config.yaml", "log.jsonl", "per_image.csv")
 """What a job's record keeps of its finished run directory: its settings and every result the report reads, no weights."""
 WEIGHTLESS = ("search", "genotype", "table")
 """Kinds of job whose record is all that the jobs needing them read (a genotype, a latency table): restored alone."""
