@@ -165,7 +165,7 @@ def test_fused_supernet_is_as_accurate_as_the_reference_in_float32():
     """Both float32 implementations against the float64 reference, over several draws of weights and input.
 
     Why draws and not one: this network's float32 gradients are ill-conditioned (its BatchNorm backward passes
-    subtract nearly equal terms), so either implementation's error moves 100x between draws (measured on an AVX2 CPU:
+    subtract nearly equal terms), so either implementation's error moves 15-175x between draws (measured on an AVX2 CPU:
     reference 4e-5 to 7e-3, fused 3e-4 to 5e-3) while each op alone matches float64 to 2e-6, and one draw's ratio says
     only whose rounding happened to cancel. What must hold is that the fused supernet's worst error is of the
     reference's order; its output error, not amplified, is compared draw by draw."""
