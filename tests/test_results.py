@@ -1,11 +1,13 @@
 """The results experiments: random architectures, DnCNN through the retrain loop, the grid and its tables."""
 
+import dataclasses
 import json
 import os
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hinas.engine.settings import EvalConfig, TrainConfig, resolve
 from hinas.jobs.evaluate import evaluate_run
@@ -85,11 +87,35 @@ def test_sr_searched_at_one_scale_is_retrained_at_every_scale():
         trained = {j.info["model"]: j for j in jobs if j.kind == "retrain" and (j.info["task"], j.info["level"]) == ("sr", scale)}
         assert trained["hinas-lwas-s1"].needs == ("search/sr-x4-s1",) and trained["hinas-lwas-s1"].cfg.scale == scale
         assert trained["random-2"].cfg.genotype == "genotype/sr-x4-random-2/genotype.json"
-        assert trained["random-2"].cfg.patch == profile.sr_patch // scale
-    assert "SR (searched at x4)" in results.budget(profile) and "retrain 8 CPU-minutes" in results.budget(profile)
+    x2, x4 = ({j.cfg for j in jobs if j.kind == "retrain" and (j.info["task"], j.info["level"]) == ("sr", s)} for s in (2, 4))
+    assert {(c.data, c.patch, c.val_crop) for c in x2} == {("T91", profile.sr_patch // 2, 128)}
+    assert {(c.data, c.patch, c.val_crop) for c in x4} == {("BSD500-train", 32, 0)}  # train_sr_at: x4 only
+    line = results.budget(profile)
+    assert "SR (searched at x4)" in line and "retrain 8 CPU-minutes x batch 8 of 64px" in line
+    assert "x4 instead on BSD500-train, retrain 8 CPU-minutes x batch 8 of 128px" in line
     per_scale = results.grid(results.PROFILES["cpu"])  # 0: a search of its own for each scale
     assert {j.out for j in per_scale if j.kind == "search" and j.out.startswith("search/sr")} == {
         f"search/sr-x{s}-s{seed}" for s in (2, 4) for seed in results.PROFILES["cpu"].seeds}
+
+
+def test_the_committed_records_ran_with_the_settings_the_profile_gives_now():
+    """A recipe changed in a profile must withdraw the records it makes stale: the runner trusts a finished record."""
+    records = Path(__file__).resolve().parents[1] / "results" / "equal-time" / "records"
+    checked = 0
+    for job in results.grid(results.PROFILES["equal-time"]):
+        path = records / job.out / "config.yaml"
+        if job.kind not in ("retrain", "evaluate") or not path.is_file():
+            continue
+        recorded = yaml.safe_load(path.read_text())
+        for key, value in dataclasses.asdict(job.cfg).items():
+            if key == "data_root":
+                continue
+            if key in ("genotype", "model"):  # recorded under the runs folder the grid ran in
+                assert recorded[key].endswith(value), (job.out, key)
+            else:
+                assert recorded[key] == (list(value) if isinstance(value, tuple) else value), (job.out, key)
+        checked += 1
+    assert checked >= 40
 
 
 def test_latency_targets_add_searches_that_read_one_table_and_randoms_matched_to_what_they_found():
