@@ -93,6 +93,9 @@ def test_sr_searched_at_one_scale_is_retrained_at_every_scale():
     line = results.budget(profile)
     assert "SR (searched at x4)" in line and "retrain 8 CPU-minutes x batch 8 of 64px" in line
     assert "x4 instead on BSD500-train, retrain 8 CPU-minutes x batch 8 of 128px" in line
+    sr = [j for j in jobs if j.kind == "retrain" and j.info["task"] == "sr"]
+    assert all(j.cfg.data == profile.sr_train_data(j.info["level"]) for j in sr)
+    assert report.sr_data(profile) == "T91 (x4 retrained on BSD500-train)" and report.sr_data(results.PROFILES["cpu"]) == "T91"
     per_scale = results.grid(results.PROFILES["cpu"])  # 0: a search of its own for each scale
     assert {j.out for j in per_scale if j.kind == "search" and j.out.startswith("search/sr")} == {
         f"search/sr-x{s}-s{seed}" for s in (2, 4) for seed in results.PROFILES["cpu"].seeds}

@@ -177,6 +177,13 @@ def level_machines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def sr_data(profile: Profile) -> str:
+    """Where SR searches and retrains read their images, naming a scale retrained on other images than the searches'."""
+    other = [f"x{scale} retrained on {profile.sr_train_data(scale)}" for task, scale in profile.order
+             if task == "sr" and profile.sr_train_data(scale) != profile.sr_data]
+    return profile.sr_data + (f" ({', '.join(other)})" if other else "")
+
+
 def _worse_section(runs: str | Path, profile: Profile, data_root: str) -> list[str]:
     rows, missing = worse_than_input(runs, profile, data_root)
     lines = ["A network whose output is below its degraded input on some test images has failed there, whatever its "
@@ -211,7 +218,7 @@ def report(runs: str | Path, profile: Profile, name: str, rows: list[dict[str, A
         f"- **Budget** (every model of a task and level gets the same retraining CPU time, whatever its speed): "
         f"{budget(profile)}.",
         f"- **Data**: denoising searches on {profile.denoise_search_data}, retraining on {profile.denoise_data}, tests on "
-        f"{', '.join(profile.denoise_sets)} (sigma {', '.join(map(str, profile.sigmas))}); SR on {profile.sr_data}, tests on "
+        f"{', '.join(profile.denoise_sets)} (sigma {', '.join(map(str, profile.sigmas))}); SR on {sr_data(profile)}, tests on "
         f"{', '.join(profile.sr_sets) or '-'}.",
         f"- **Runs left undone**: {len(left)}" + (f" ({', '.join(left[:8])}{' ...' if len(left) > 8 else ''})" if left else ""),
         "",

@@ -94,6 +94,11 @@ class Profile:
         """The scale of the SR searches whose genotypes are retrained at ``scale``."""
         return self.sr_search_scale or scale
 
+    def sr_train_data(self, scale: int) -> str:
+        """The images SR networks are retrained on at ``scale`` (``train_sr_at`` may name others than ``sr_data``)."""
+        named = [o.split("=", 1)[1] for o in (*self.train_sr, *dict(self.train_sr_at).get(scale, ())) if o.startswith("data=")]
+        return named[-1] if named else self.sr_data
+
     @property
     def sigmas(self) -> tuple[int, ...]:
         """Noise levels of the report; the denoising searches train on all of them at once."""
@@ -851,10 +856,10 @@ def budget(profile: Profile) -> str:
         special = []
         for scale, extra in profile.train_sr_at:
             cfg = resolve(TrainConfig, profile.train_preset, overrides=[*profile.train, *profile.train_sr,
-                                                                        f"data={profile.sr_data}",
                                                                         f"patch={profile.sr_patch // scale}", *extra])
             high = f"{cfg.patch * scale}px (high resolution)"
-            special.append(f"x{scale} instead on {cfg.data}, {retrained((*profile.train, *profile.train_sr, *extra), high)}")
+            special.append(f"x{scale} instead on {profile.sr_train_data(scale)}, "
+                           f"{retrained((*profile.train, *profile.train_sr, *extra), high)}")
         return "; ".join([common, *special])
 
     tasks = {task for task, _ in profile.order}
