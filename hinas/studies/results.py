@@ -94,10 +94,16 @@ class Profile:
         """The scale of the SR searches whose genotypes are retrained at ``scale``."""
         return self.sr_search_scale or scale
 
+    def retrain_overrides(self, task: str, level: int) -> tuple[str, ...]:
+        """The settings every retrain of one task and noise level or scale shares, over ``train_preset`` (later win)."""
+        if task == "denoise":
+            return (f"data={self.denoise_data}", f"sigma={level}", *self.train)
+        return (f"data={self.sr_data}", f"patch={self.sr_patch // level}", f"scale={level}", *self.train, *self.train_sr,
+                *dict(self.train_sr_at).get(level, ()))
+
     def sr_train_data(self, scale: int) -> str:
         """The images SR networks are retrained on at ``scale`` (``train_sr_at`` may name others than ``sr_data``)."""
-        named = [o.split("=", 1)[1] for o in (*self.train_sr, *dict(self.train_sr_at).get(scale, ())) if o.startswith("data=")]
-        return named[-1] if named else self.sr_data
+        return resolve(TrainConfig, self.train_preset, overrides=list(self.retrain_overrides("sr", scale))).data
 
     @property
     def sigmas(self) -> tuple[int, ...]:
@@ -214,11 +220,8 @@ def grid(profile: Profile, data_root: str = "") -> list[Job]:
         if task == "sr" and not (p.sr_search_scale and any(j.out.startswith("search/sr") for j in jobs)):
             jobs += _sr_search(p, root, p.sr_searched_at(level))
         for name, info, genotype, dep in _models(p, task, level):
-            setting = [f"sigma={level}"] if task == "denoise" else [f"patch={p.sr_patch // level}", f"scale={level}"]
-            data = p.denoise_data if task == "denoise" else p.sr_data
-            extra = p.train if task == "denoise" else (*p.train, *p.train_sr, *dict(p.train_sr_at).get(level, ()))
             train_out = f"retrain/{task}-{_level(task, level)}/{name}"
-            cfg = resolve(TrainConfig, p.train_preset, overrides=[*root, f"data={data}", *genotype, *setting, *extra])
+            cfg = resolve(TrainConfig, p.train_preset, overrides=[*root, *genotype, *p.retrain_overrides(task, level)])
             info = {**info, "task": task, "level": level, "model": name}
             jobs.append(Job("retrain", train_out, cfg, (dep,) if dep else (), info))
             sets = p.denoise_sets if task == "denoise" else p.sr_sets
@@ -852,15 +855,13 @@ def budget(profile: Profile) -> str:
         return f"retrain {spent} x batch {cfg.batch} of {patch or f'{cfg.patch}px'}, F={cfg.filters}"
 
     def retrained_sr() -> str:
-        common = retrained((*profile.train, *profile.train_sr), f"{profile.sr_patch}px (high resolution)")
-        special = []
-        for scale, extra in profile.train_sr_at:
-            cfg = resolve(TrainConfig, profile.train_preset, overrides=[*profile.train, *profile.train_sr,
-                                                                        f"patch={profile.sr_patch // scale}", *extra])
-            high = f"{cfg.patch * scale}px (high resolution)"
-            special.append(f"x{scale} instead on {profile.sr_train_data(scale)}, "
-                           f"{retrained((*profile.train, *profile.train_sr, *extra), high)}")
-        return "; ".join([common, *special])
+        """The retraining every SR scale shares, then each scale ``train_sr_at`` retrains otherwise."""
+        parts = [retrained((*profile.train, *profile.train_sr), f"{profile.sr_patch}px (high resolution)")]
+        for scale, _ in profile.train_sr_at:
+            overrides = profile.retrain_overrides("sr", scale)
+            cfg = resolve(TrainConfig, profile.train_preset, overrides=list(overrides))
+            parts.append(f"x{scale} instead on {cfg.data}, {retrained(overrides, f'{cfg.patch * scale}px (high resolution)')}")
+        return "; ".join(parts)
 
     tasks = {task for task, _ in profile.order}
     parts = []
